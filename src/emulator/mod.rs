@@ -1,0 +1,1 @@
+//! Local Hugging Face Hub emulator (placeholder; being written).
