@@ -9,3 +9,4 @@
 //! - [`mount`]: wiring of one mount from a typed `MountSpec`.
 
 pub mod emulator;
+pub mod hub;
