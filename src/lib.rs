@@ -10,3 +10,6 @@
 
 pub mod emulator;
 pub mod hub;
+pub mod fs;
+pub mod fuse;
+pub mod mount;

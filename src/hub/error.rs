@@ -3,7 +3,7 @@
 //! Messages name the resource and the cause, never a token.
 
 /// A final (already retried) failure of a remote call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
     /// 404: the bucket, repo, revision or path does not exist.
     #[error("not found: {0}")]

@@ -16,3 +16,8 @@ pub use error::RemoteError;
 pub use remote::{ByteStream, ContentId, EntryKind, Remote, RemoteEntry, RemoteFile, SourceInfo};
 pub use source::{RepoKind, Source, SourceError, validate_relative_path, validate_revision};
 pub use token::TokenSource;
+
+/// `a/b` joined with `c` is `a/b/c`; either side may be empty.
+pub fn join_path(a: &str, b: &str) -> String {
+    client::join(a, b)
+}

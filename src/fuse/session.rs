@@ -1,0 +1,87 @@
+//! Mounting: builds the `fuser` session for an [`Fs`], connects kernel invalidation, and owns
+//! the background session until unmount.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+
+use super::FuseAdapter;
+use super::invalidate::KernelInvalidator;
+use crate::fs::Fs;
+use crate::hub::Remote;
+
+/// Kernel-facing mount options.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Shown as the device in `/proc/mounts`.
+    pub fs_name: String,
+    pub read_only: bool,
+    /// Let users other than the mounter in (needs root or `user_allow_other`).
+    pub allow_other: bool,
+    /// Threads reading kernel requests.
+    pub threads: usize,
+}
+
+/// A live mount; dropping it unmounts.
+pub struct MountHandle {
+    session: Option<BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl MountHandle {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmount and wait for the request loop to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the request loop has ended (for example after an external `umount`).
+    pub fn is_finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take()
+            && let Err(e) = s.umount_and_join()
+        {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
+        }
+    }
+}
+
+/// Mount `fs` at `mountpoint`, serving requests on the current tokio runtime.
+pub fn mount<R: Remote>(fs: Arc<Fs<R>>, mountpoint: &Path, opts: &MountOptions) -> std::io::Result<MountHandle> {
+    let fs_name: String =
+        opts.fs_name.chars().map(|c| if c.is_ascii_graphic() && c != ',' { c } else { '_' }).collect();
+    let mut options = vec![
+        MountOption::FSName(fs_name),
+        MountOption::Subtype("hf-csi".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if opts.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = opts.threads > 1;
+    let rt = tokio::runtime::Handle::current();
+    let adapter = FuseAdapter::new(fs.clone(), rt);
+    let session = fuser::Session::new(adapter, mountpoint, &config)?;
+    fs.set_invalidator(Arc::new(KernelInvalidator::start(session.notifier())));
+    let bg = session.spawn()?;
+    Ok(MountHandle { session: Some(bg), mountpoint: mountpoint.to_path_buf() })
+}
