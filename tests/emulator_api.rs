@@ -629,7 +629,7 @@ async fn batch_is_atomic_and_names_the_bad_line() {
             "line 2",
         ),
         (
-            format!("{{\"type\":\"deleteFile\",\"path\":\"seed\"}}\nnot json\n"),
+            "{\"type\":\"deleteFile\",\"path\":\"seed\"}\nnot json\n".to_string(),
             400,
             "line 2",
         ),
@@ -651,7 +651,7 @@ async fn batch_is_atomic_and_names_the_bad_line() {
             "size 99",
         ),
         (
-            format!("{{\"type\":\"addFile\",\"path\":\"x\",\"xetHash\":\"nothex\"}}\n"),
+            "{\"type\":\"addFile\",\"path\":\"x\",\"xetHash\":\"nothex\"}\n".to_string(),
             400,
             "line 1",
         ),
