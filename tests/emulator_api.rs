@@ -1565,3 +1565,107 @@ async fn synthetic_bucket_paginates() {
     assert!(anon.headers().contains_key("link"));
     hub.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_xorb_and_v1_shard_uploads_through_the_proxy() {
+    use xet::xet_session::{Sha256Policy, XetConfig, XetSessionBuilder};
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Emulator::start(config(&dir.path().join("hub")))
+        .await
+        .unwrap();
+    let w = client(&hub, Some(WRITER), &dir.path().join("cache"));
+    w.create_bucket()
+        .namespace("ns")
+        .name("legacy")
+        .send()
+        .await
+        .unwrap();
+    let grant: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/buckets/ns/legacy/xet-write-token",
+            hub.endpoint()
+        ))
+        .bearer_auth(WRITER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let mut cfg = XetConfig::new();
+    cfg.telemetry.enabled = false;
+    cfg.client.legacy_direct_xorb_upload = true;
+    cfg.client.shard_api_version = Some(1);
+    let session = XetSessionBuilder::new_with_config(cfg)
+        .with_cache_dir(dir.path().join("xet"))
+        .build()
+        .unwrap();
+    let commit = session
+        .new_upload_commit()
+        .unwrap()
+        .with_endpoint(grant["casUrl"].as_str().unwrap())
+        .with_token_info(
+            grant["accessToken"].as_str().unwrap(),
+            grant["exp"].as_u64().unwrap(),
+        )
+        .build()
+        .await
+        .unwrap();
+    let content = noise(300_000, 11);
+    let handle = commit
+        .upload_bytes(content.clone(), Sha256Policy::Compute, Some("f".into()))
+        .await
+        .unwrap();
+    let report = commit.commit().await.unwrap();
+    let info = report.uploads[&handle.task_id()].xet_info.clone();
+
+    let bucket = w.bucket("ns", "legacy");
+    bucket
+        .batch_operations()
+        .add_files(vec![BucketAddFile {
+            path: "f".into(),
+            xet_hash: info.hash.clone(),
+            size: content.len() as u64,
+            mtime: None,
+            content_type: None,
+        }])
+        .send()
+        .await
+        .unwrap();
+    let (_, s) = bucket
+        .download_file_stream()
+        .remote_path("f")
+        .send()
+        .await
+        .unwrap();
+    assert!(collect_stream(s).await == content);
+    let m = hub.metrics_text();
+    assert!(
+        metric(
+            &m,
+            "hub_requests_total{endpoint=\"cas_xorb\",status=\"200\"}"
+        ) >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "hub_requests_total{endpoint=\"cas_shard\",status=\"200\"}"
+        ) >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "hub_requests_total{endpoint=\"cas_xorb_grant\",status=\"201\"}"
+        ),
+        0,
+        "{m}"
+    );
+    assert!(
+        !m.contains("endpoint=\"unknown\"") && !m.contains("endpoint=\"cas_other\""),
+        "{m}"
+    );
+    hub.shutdown().await;
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +19,9 @@ use super::metrics::Metrics;
 use super::store::Store;
 use super::synthetic::SyntheticBucket;
 use super::{buckets, cas_proxy, repos, resolve};
+
+/// Largest JSON / NDJSON request body (batches of thousands of lines).
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 /// Everything request handlers share.
 pub struct Shared {
@@ -185,13 +188,13 @@ fn route_table() -> Routes {
         "/api/buckets/{ns}/{name}/paths-info",
         "POST",
         "bucket_paths_info",
-        post(buckets::paths_info),
+        post(buckets::paths_info).layer(DefaultBodyLimit::max(MAX_BODY)),
     )
     .add(
         "/api/buckets/{ns}/{name}/batch",
         "POST",
         "bucket_batch",
-        post(buckets::batch),
+        post(buckets::batch).layer(DefaultBodyLimit::max(MAX_BODY)),
     )
     .add(
         "/api/buckets/{ns}/{name}/xet-read-token",
@@ -244,7 +247,7 @@ fn route_table() -> Routes {
                 &format!("{api}/paths-info/{{rev}}"),
                 "POST",
                 "repo_paths_info",
-                post(repos::paths_info),
+                post(repos::paths_info).layer(DefaultBodyLimit::max(MAX_BODY)),
             )
             .add(&format!("{api}/refs"), "GET", "repo_refs", get(repos::refs))
             .add(
