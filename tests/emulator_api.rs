@@ -455,6 +455,22 @@ async fn bucket_upload_read_back_and_metrics() {
         .await
         .unwrap();
     assert_eq!(collect_stream(s).await, b"hello bucket\n");
+    // Batch download to local files (xet download group).
+    let out = dir.path().join("out");
+    bucket
+        .download_files()
+        .files(vec![
+            hf_hub::buckets::BucketDownload::new("ms.txt", out.join("ms.txt")),
+            hf_hub::buckets::BucketDownload::new("nested/deep/big.bin", out.join("big.bin")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(out.join("ms.txt")).unwrap(),
+        b"hello bucket\n"
+    );
+    assert!(std::fs::read(out.join("big.bin")).unwrap() == big);
     hub.shutdown().await;
 }
 
@@ -1107,6 +1123,38 @@ async fn repo_revisions_and_downloads() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(&cached).unwrap(), b"{\"v\":2}\n");
+    // A second cached download revalidates with If-None-Match and gets a 304.
+    let again = model
+        .download_file()
+        .filename("config.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again, cached);
+    let m = hub.metrics_text();
+    assert_eq!(
+        metric(
+            &m,
+            "hub_requests_total{endpoint=\"repo_resolve\",status=\"304\"}"
+        ),
+        1,
+        "{m}"
+    );
+    // A whole snapshot at the tag, into a plain directory.
+    let snap = dir.path().join("snap");
+    model
+        .snapshot_download()
+        .revision("v1")
+        .local_dir(snap.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(snap.join("config.json")).unwrap(),
+        b"{\"v\":1}\n"
+    );
+    assert!(std::fs::read(snap.join("weights/big.bin")).unwrap() == big);
+    assert!(!snap.join("README.md").exists());
     let meta = model
         .get_file_metadata()
         .filepath("weights/big.bin")
