@@ -903,6 +903,17 @@ async fn auth_rules() {
         cas(reqwest::Method::POST, "/v1/shards", Some(&write_cas)).await,
         403
     );
+    // URLs meant for credential-less use only work as signed by the emulator.
+    let term = "/v1/fetch_term?term=YWJj";
+    assert_eq!(cas(reqwest::Method::GET, term, Some(&read_cas)).await, 403);
+    let forged = format!("{term}&x-emulator-expires=9999999999&x-emulator-signature=00");
+    assert_eq!(cas(reqwest::Method::GET, &forged, None).await, 403);
+    let grant = "/simulation/xorb-uploads/some-grant";
+    assert_eq!(cas(reqwest::Method::PUT, grant, None).await, 403);
+    assert_eq!(
+        cas(reqwest::Method::GET, "/simulation/ping", Some(&read_cas)).await,
+        404
+    );
     hub.shutdown().await;
 }
 

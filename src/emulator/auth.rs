@@ -8,7 +8,8 @@
 //! CAS tokens are self-verifying: `xetcas.{r|w}.{exp}.{mac}` where `mac` is a SHA-256 keyed
 //! with a secret kept in the data directory. The emulator thus remembers every token it
 //! issued (scope and expiry included) without a table, and tokens stay valid across a
-//! restart, as a client holding one expects.
+//! restart, as a client holding one expects. URLs the CAS hands out for clients to use
+//! without credentials (term fetches, upload grants) are signed the same way.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -98,7 +99,10 @@ impl Auth {
     pub fn issue_cas_token(&self, scope: TokenScope) -> (String, u64) {
         let exp = now_secs() + CAS_TOKEN_TTL_SECS;
         let s = scope_char(scope);
-        (format!("xetcas.{s}.{exp}.{}", self.mac(s, exp)), exp)
+        (
+            format!("xetcas.{s}.{exp}.{}", self.mac(&format!("cas|{s}|{exp}"))),
+            exp,
+        )
     }
 
     /// Checks the CAS token of a CAS request and returns its scope.
@@ -122,7 +126,10 @@ impl Auth {
             "w" => TokenScope::Write,
             _ => return Err(unauthorized()),
         };
-        if !constant_time_eq(mac.as_bytes(), self.mac(s, exp).as_bytes()) {
+        if !constant_time_eq(
+            mac.as_bytes(),
+            self.mac(&format!("cas|{s}|{exp}")).as_bytes(),
+        ) {
             return Err(unauthorized());
         }
         if exp < now_secs() {
@@ -133,11 +140,68 @@ impl Auth {
         Ok(scope)
     }
 
-    fn mac(&self, scope: &str, exp: u64) -> String {
+    /// Signs a URL the CAS hands out (term fetch, upload grant) so that it works without a
+    /// token for [`CAS_TOKEN_TTL_SECS`], as a pre-signed URL does in production.
+    pub fn sign_url(&self, url: &str) -> String {
+        let exp = now_secs() + CAS_TOKEN_TTL_SECS;
+        let sig = self.mac(&format!("url|{}|{exp}", path_and_query(url)));
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{SIG_EXP}={exp}&{SIG}={sig}")
+    }
+
+    /// Checks the signature that [`Auth::sign_url`] appended to `path_and_query` (403 if it
+    /// is missing, wrong or expired, as object stores answer).
+    pub fn check_signed_url(&self, path_and_query: &str) -> Result<()> {
+        let denied = |why: &str| EmulatorError::Forbidden(format!("signed CAS URL {why}"));
+        let at = path_and_query
+            .rfind(&format!("{SIG_EXP}="))
+            .ok_or_else(|| denied("required"))?;
+        let signed = path_and_query
+            .get(..at.saturating_sub(1))
+            .filter(|_| at > 0 && matches!(path_and_query.as_bytes()[at - 1], b'?' | b'&'))
+            .ok_or_else(|| denied("is malformed"))?;
+        let mut exp = None;
+        let mut sig = None;
+        for pair in path_and_query[at..].split('&') {
+            match pair.split_once('=') {
+                Some((SIG_EXP, v)) => exp = v.parse::<u64>().ok(),
+                Some((SIG, v)) => sig = Some(v),
+                _ => return Err(denied("is malformed")),
+            }
+        }
+        let (Some(exp), Some(sig)) = (exp, sig) else {
+            return Err(denied("is malformed"));
+        };
+        if !constant_time_eq(
+            sig.as_bytes(),
+            self.mac(&format!("url|{signed}|{exp}")).as_bytes(),
+        ) {
+            return Err(denied("has a bad signature"));
+        }
+        if exp < now_secs() {
+            return Err(denied("has expired"));
+        }
+        Ok(())
+    }
+
+    fn mac(&self, message: &str) -> String {
         let mut h = Sha256::new();
         h.update(&self.secret);
-        h.update(format!("|{scope}|{exp}").as_bytes());
+        h.update(b"|");
+        h.update(message.as_bytes());
         hex::encode(&h.finalize()[..16])
+    }
+}
+
+/// Query parameters of URL signatures.
+const SIG_EXP: &str = "x-emulator-expires";
+const SIG: &str = "x-emulator-signature";
+
+/// `/path?query` of an absolute URL (the URL itself if it is already relative).
+fn path_and_query(url: &str) -> &str {
+    match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => url,
     }
 }
 
@@ -234,6 +298,32 @@ mod tests {
             Principal::Anonymous.check_read(true, "x"),
             Err(EmulatorError::Unauthorized(_))
         ));
+    }
+
+    #[test]
+    fn signed_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::load(dir.path(), &[]).unwrap();
+        let url = auth.sign_url("http://127.0.0.1:9/v1/fetch_term?term=abc");
+        let pq = url.strip_prefix("http://127.0.0.1:9").unwrap();
+        auth.check_signed_url(pq).unwrap();
+        let grant = auth.sign_url("http://h/simulation/xorb-uploads/g1");
+        auth.check_signed_url(grant.strip_prefix("http://h").unwrap())
+            .unwrap();
+        for bad in [
+            "/v1/fetch_term?term=abc".to_string(),
+            pq.replace("term=abc", "term=abd"),
+            pq.replace("x-emulator-signature=", "x-emulator-signature=0"),
+            format!("{pq}&more=1"),
+        ] {
+            assert!(
+                matches!(
+                    auth.check_signed_url(&bad),
+                    Err(EmulatorError::Forbidden(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

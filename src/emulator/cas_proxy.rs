@@ -1,26 +1,30 @@
-//! The public face of the CAS: checks CAS access tokens, counts traffic, and streams
-//! requests and responses to and from the internal `LocalServer` without buffering.
+//! The public face of the CAS: checks CAS access, counts traffic, and streams requests and
+//! responses to and from the internal `LocalServer` without buffering.
 //!
 //! The original `Host` header is forwarded, so the URLs `LocalServer` builds into its
 //! answers (term fetch URLs, xorb upload grants) point back at the public port.
 //!
 //! Access rules: uploads (`POST /v1/xorbs`, grants, grant commits, shards) need a write
 //! token (403 with a read token); other calls need any valid CAS token (401 otherwise).
-//! Two kinds of URL carry their own authority, as pre-signed URLs do in production, and
-//! take no token: term fetches (`/v1/fetch_term`, which xet fetches without credentials)
-//! and grant uploads (`/simulation/xorb-uploads/{grant}`, whose grant id is unguessable
-//! and whose data only lands in the CAS once a write-token holder commits it).
+//! xet fetches term data and uploads to grant URLs without credentials, as those are
+//! pre-signed URLs in production; so the proxy signs such URLs in the `LocalServer` answers
+//! that carry them (reconstruction plans, upload grants) and requires the signature back
+//! (403 if missing, wrong or expired, as object stores answer).
 
 use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 
 use super::config::TokenScope;
 use super::error::{EmulatorError, Result};
 use super::metrics::WriteKind;
 use super::resolve::Counted;
-use super::server::AppState;
+use super::server::{AppState, Shared};
+
+/// Largest JSON answer the proxy buffers to sign the URLs in it.
+const MAX_SIGNED_BODY: usize = 256 * 1024 * 1024;
 
 /// The metrics name of a CAS request.
 pub fn route_name(method: &Method, path: &str) -> &'static str {
@@ -58,25 +62,51 @@ pub fn route_name(method: &Method, path: &str) -> &'static str {
     }
 }
 
-/// The token a CAS call needs, `None` if it carries its own authority.
-fn required_scope(name: &str) -> Option<TokenScope> {
+/// What a CAS call must present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Token(TokenScope),
+    SignedUrl,
+    Open,
+}
+
+fn access(name: &str) -> Access {
     match name {
-        "cas_fetch_term" | "cas_xorb_upload" | "cas_telemetry" => None,
-        "cas_xorb" | "cas_xorb_grant" | "cas_xorb_commit" | "cas_shard" => Some(TokenScope::Write),
-        _ => Some(TokenScope::Read),
+        "cas_fetch_term" | "cas_xorb_upload" => Access::SignedUrl,
+        "cas_telemetry" => Access::Open,
+        "cas_xorb" | "cas_xorb_grant" | "cas_xorb_commit" | "cas_shard" => {
+            Access::Token(TokenScope::Write)
+        }
+        _ => Access::Token(TokenScope::Read),
     }
+}
+
+/// Answers whose JSON carries URLs for credential-less use, which get signed.
+fn hands_out_urls(name: &str) -> bool {
+    matches!(
+        name,
+        "cas_reconstruction" | "cas_reconstruction_batch" | "cas_xorb_grant"
+    )
 }
 
 /// Any method on `/v1/*`, `/v2/*` and grant upload URLs.
 pub async fn proxy(State(s): State<AppState>, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
     let name = route_name(&parts.method, parts.uri.path());
-    if let Some(needed) = required_scope(name) {
-        let scope = s.auth.cas_scope(&parts.headers)?;
-        if needed == TokenScope::Write && scope != TokenScope::Write {
-            return Err(EmulatorError::Forbidden(
-                "this CAS call needs a write token".to_string(),
-            ));
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    match access(name) {
+        Access::Open => {}
+        Access::SignedUrl => s.auth.check_signed_url(path_and_query)?,
+        Access::Token(needed) => {
+            let scope = s.auth.cas_scope(&parts.headers)?;
+            if needed == TokenScope::Write && scope != TokenScope::Write {
+                return Err(EmulatorError::Forbidden(
+                    "this CAS call needs a write token".to_string(),
+                ));
+            }
         }
     }
     match name {
@@ -88,10 +118,6 @@ pub async fn proxy(State(s): State<AppState>, req: Request) -> Result<Response> 
         _ => {}
     }
 
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |pq| pq.as_str());
     let url = format!("{}{path_and_query}", s.cas.internal_url());
     let mut out = s.proxy.request(parts.method.clone(), url);
     for (k, v) in &parts.headers {
@@ -118,6 +144,12 @@ pub async fn proxy(State(s): State<AppState>, req: Request) -> Result<Response> 
             headers.append(k, v.clone());
         }
     }
+    if status.is_success() && hands_out_urls(name) {
+        let json = read_limited(resp, name).await?;
+        let json = sign_urls_in(&s, &json).map_err(EmulatorError::Cas)?;
+        headers.remove(header::CONTENT_LENGTH);
+        return Ok((status, headers, json).into_response());
+    }
     let counts_as_data = matches!(name, "cas_fetch_term" | "cas_get_xorb");
     let metrics = s.clone();
     let body = Body::from_stream(Counted::new(resp.bytes_stream(), move |n| {
@@ -126,6 +158,44 @@ pub async fn proxy(State(s): State<AppState>, req: Request) -> Result<Response> 
         }
     }));
     Ok((status, headers, body).into_response())
+}
+
+/// Reads a (JSON) answer into memory, refusing absurd sizes.
+async fn read_limited(resp: reqwest::Response, name: &str) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| EmulatorError::Cas(format!("reading the {name} answer: {e}")))?;
+        if body.len() + chunk.len() > MAX_SIGNED_BODY {
+            return Err(EmulatorError::Cas(format!(
+                "the {name} answer is too large to sign"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Signs every URL in a JSON answer that points at a credential-less CAS endpoint.
+fn sign_urls_in(s: &Shared, json: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    fn walk(s: &Shared, v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(url) if needs_signature(url) => *url = s.auth.sign_url(url),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(s, i)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|i| walk(s, i)),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("unexpected CAS answer: {e}"))?;
+    walk(s, &mut v);
+    serde_json::to_vec(&v).map_err(|e| e.to_string())
+}
+
+fn needs_signature(url: &str) -> bool {
+    url.starts_with("http")
+        && (url.contains("/v1/fetch_term?") || url.contains("/simulation/xorb-uploads/"))
 }
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
@@ -149,7 +219,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_and_scopes() {
+    fn names_and_access() {
         let n = |m: Method, p: &str| route_name(&m, p);
         assert_eq!(n(Method::GET, "/v1/fetch_term"), "cas_fetch_term");
         assert_eq!(
@@ -163,8 +233,12 @@ mod tests {
             "cas_xorb_upload"
         );
         assert_eq!(n(Method::POST, "/v2/shards"), "cas_shard");
-        assert_eq!(required_scope("cas_shard"), Some(TokenScope::Write));
-        assert_eq!(required_scope("cas_xorb_head"), Some(TokenScope::Read));
-        assert_eq!(required_scope("cas_fetch_term"), None);
+        assert_eq!(access("cas_shard"), Access::Token(TokenScope::Write));
+        assert_eq!(access("cas_xorb_head"), Access::Token(TokenScope::Read));
+        assert_eq!(access("cas_fetch_term"), Access::SignedUrl);
+        assert_eq!(access("cas_xorb_upload"), Access::SignedUrl);
+        assert!(needs_signature("http://h:1/v1/fetch_term?term=x"));
+        assert!(needs_signature("http://h:1/simulation/xorb-uploads/g"));
+        assert!(!needs_signature("/v1/fetch_term?term=x"));
     }
 }
