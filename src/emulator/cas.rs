@@ -43,10 +43,12 @@ pub struct Cas {
     stop: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
 }
 
-/// hf-xet configuration for the emulator's own sessions: defaults, telemetry off.
+/// hf-xet configuration for the emulator's own sessions: defaults, with telemetry off and no
+/// chunk cache (the CAS is local, a cache would only duplicate it on disk).
 fn xet_config() -> XetConfig {
     let mut config = XetConfig::new();
     config.telemetry.enabled = false;
+    config.chunk_cache.size_bytes = 0;
     config
 }
 

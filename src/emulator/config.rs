@@ -24,7 +24,8 @@ pub struct EmulatorConfig {
     /// Content loaded at start, before the listener serves requests.
     pub imports: Vec<Import>,
     /// Ids made private: `ns/name` for buckets, `models/ns/name`, `datasets/ns/name`,
-    /// `spaces/ns/name` for repos.
+    /// `spaces/ns/name` for repos. Imported resources not listed here are public; other
+    /// stored resources keep their visibility unless listed.
     pub private: Vec<String>,
     /// Delay added before answering every request (API and CAS).
     pub latency_ms: u64,

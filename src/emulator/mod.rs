@@ -14,6 +14,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! HTTP surface (one port; see `/work/shared/HUB_API.md` for the Hub's own):
+//! - buckets: `POST|GET|DELETE /api/buckets/{ns}/{name}`, `GET /api/buckets/{ns}`,
+//!   `GET .../tree[/{prefix}]`, `POST .../paths-info`, `POST .../batch` (NDJSON),
+//!   `GET .../xet-read-token|xet-write-token`, `HEAD|GET /buckets/{ns}/{name}/resolve/{path}`;
+//! - repos (`models|datasets|spaces`): `GET /api/{type}/{ns}/{name}[/revision/{rev}]`,
+//!   `.../tree/{rev}[/{path}]`, `POST .../paths-info/{rev}`, `.../refs`, `.../commits/{rev}`,
+//!   `.../xet-read-token/{rev}`, `HEAD|GET /{|datasets/|spaces/}{ns}/{name}/resolve/{rev}/{path}`;
+//! - the CAS (`/v1/*`, `/v2/*`, upload grant URLs), proxied to xet's `LocalServer`;
+//! - `GET /metrics` (Prometheus text), `GET|POST /admin/faults` ([`Faults`] as JSON).
+//!
 //! Module map: [`config`] (typed settings and flag parsers), `server` (routes, middleware),
 //! `buckets`/`batch`/`repos`/`resolve` (API handlers), `cas`/`cas_proxy` (the CAS and its
 //! public proxy), `store` (state and persistence), `auth`, `listing` (pagination),
@@ -204,6 +214,27 @@ async fn prepare(
                 r.private = true;
                 store.save_repo(r)?;
             }
+        }
+        let synthetic_ids: HashSet<&String> =
+            cfg.synthetic_buckets.iter().map(|(id, _)| id).collect();
+        for id in private_buckets
+            .iter()
+            .filter(|id| !state.buckets.contains_key(*id) && !synthetic_ids.contains(id))
+        {
+            tracing::warn!(
+                bucket = id.as_str(),
+                "--private names a bucket that does not exist"
+            );
+        }
+        for (kind, id) in private_repos
+            .iter()
+            .filter(|key| !state.repos.contains_key(*key))
+        {
+            tracing::warn!(
+                repo = id.as_str(),
+                kind = kind.plural(),
+                "--private names a repo that does not exist"
+            );
         }
     }
     let mut synthetic = BTreeMap::new();
