@@ -1,1 +1,7 @@
-fn main() {}
+//! The `hf-csi` binary: parses the command line and hands off to the library.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
