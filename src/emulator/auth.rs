@@ -238,24 +238,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// 32 bytes that differ between data directories and starts; not cryptographic randomness,
-/// which an emulator guarding test data does not need.
+/// A new signing key: 32 bytes from the OS random source, or (where there is none) a hash
+/// of the data directory, process id and time, which still differs between installations.
 fn fresh_secret(data_dir: &Path) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(
-        format!(
-            "{:?}|{}|{}",
-            data_dir,
-            std::process::id(),
-            super::timefmt::now_ms()
-        )
-        .as_bytes(),
-    );
-    h.update(format!("{:p}", &h).as_bytes());
-    if let Ok(bytes) = std::fs::read("/proc/sys/kernel/random/uuid") {
-        h.update(bytes);
+    let mut key = [0u8; 32];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| {
+        use std::io::Read as _;
+        f.read_exact(&mut key)
+    });
+    if random.is_ok() {
+        return key.to_vec();
     }
-    h.finalize().to_vec()
+    let seed = format!(
+        "{}|{}|{}",
+        data_dir.display(),
+        std::process::id(),
+        super::timefmt::now_ms()
+    );
+    Sha256::digest(seed.as_bytes()).to_vec()
 }
 
 #[cfg(test)]

@@ -149,21 +149,24 @@ pub async fn apply(s: &Shared, who: Principal, id: &str, body: &[u8]) -> Result<
         }
     }
 
+    // Build the new version aside and persist it before it becomes visible, so a failed
+    // write leaves memory and disk as they were.
     let mut state = s.store.write();
-    let bucket = state
+    let current = state
         .buckets
-        .get_mut(id)
+        .get(id)
         .ok_or_else(|| EmulatorError::bucket_not_found(id))?;
-    check_shape(&bucket.files, &adds, &deletes)?;
+    check_shape(&current.files, &adds, &deletes)?;
+    let mut next = current.clone();
     for (path, add) in adds {
-        bucket.insert(path, add.file);
+        next.insert(path, add.file);
     }
     for path in &deletes {
-        bucket.remove(path);
+        next.remove(path);
     }
-    bucket.updated_ms = now_ms().max(bucket.updated_ms + 1);
-    let snapshot = bucket.clone();
-    s.store.save_bucket(&snapshot)?;
+    next.updated_ms = now_ms().max(current.updated_ms + 1);
+    s.store.save_bucket(&next)?;
+    state.buckets.insert(id.to_string(), next);
     Ok(ops.len())
 }
 

@@ -212,10 +212,11 @@ pub async fn remove(
         )));
     }
     let mut state = s.store.write();
-    if state.buckets.remove(&id).is_none() {
+    if !state.buckets.contains_key(&id) {
         return Err(EmulatorError::bucket_not_found(&id));
     }
     s.store.remove_bucket(&id)?;
+    state.buckets.remove(&id);
     Ok(Json(json!({})).into_response())
 }
 
