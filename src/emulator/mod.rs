@@ -27,7 +27,7 @@
 //! Module map: [`config`] (typed settings and flag parsers), `server` (routes, middleware),
 //! `buckets`/`batch`/`repos`/`resolve` (API handlers), `cas`/`cas_proxy` (the CAS and its
 //! public proxy), `store` (state and persistence), `auth`, `listing` (pagination),
-//! `synthetic`, `import`, [`faults`], `metrics`, `error`.
+//! `synthetic`, `import`, `faults`, `metrics`, `error`.
 
 mod auth;
 mod batch;
@@ -36,7 +36,7 @@ mod cas;
 mod cas_proxy;
 pub mod config;
 mod error;
-pub mod faults;
+mod faults;
 mod import;
 mod listing;
 mod metrics;
