@@ -280,6 +280,26 @@ impl InodeTable {
             .collect()
     }
 
+    /// Files known by an individual lookup, in directories that are not listed as a whole:
+    /// (parent, path of the file).
+    pub fn unlisted_files(&self) -> Vec<(Ino, String)> {
+        let mut out = Vec::new();
+        for (&ino, n) in &self.nodes {
+            let Some(d) = n.dir.as_ref() else { continue };
+            if n.detached || d.listed.is_some() || d.entries.is_empty() {
+                continue;
+            }
+            let Some(base) = self.path(ino) else { continue };
+            for (name, c) in &d.entries {
+                if self.nodes.get(c).is_some_and(|cn| cn.kind == FileKind::File) {
+                    let path = if base.is_empty() { name.to_string() } else { format!("{base}/{name}") };
+                    out.push((ino, path));
+                }
+            }
+        }
+        out
+    }
+
     /// Evict least recently used inodes nobody references until the table is under its cap.
     pub fn evict_over_cap(&mut self) -> usize {
         if self.nodes.len() <= self.max_nodes {

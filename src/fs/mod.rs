@@ -489,7 +489,62 @@ impl<R: Remote> Fs<R> {
                 self.invalidate(ino, &diff);
             }
         }
+        changes += self.refresh_unlisted().await;
         self.table().evict_over_cap();
+        changes
+    }
+
+    /// Re-check files that were looked up one by one (their directory is not listed), in
+    /// batches, so a deletion or change shows without listing a possibly huge directory.
+    async fn refresh_unlisted(&self) -> usize {
+        let targets = self.table().unlisted_files();
+        let mut changes = 0;
+        for batch in targets.chunks(500) {
+            let paths: Vec<String> = batch.iter().map(|(_, p)| p.clone()).collect();
+            self.counters.remote_stats.fetch_add(1, Ordering::Relaxed);
+            let found = match self.remote.stat_many(&paths).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "poll: re-checking files failed; will retry next round");
+                    continue;
+                }
+            };
+            let by_path: HashMap<&str, &crate::hub::RemoteEntry> = found.iter().map(|e| (e.path.as_str(), e)).collect();
+            let mut inval: Vec<(Ino, ListingDiff)> = Vec::new();
+            {
+                let mut t = self.table();
+                for (parent, path) in batch {
+                    let name = path.rsplit('/').next().unwrap_or(path);
+                    let mut diff = ListingDiff::default();
+                    match by_path.get(path.as_str()) {
+                        Some(e) => {
+                            let (ino, change) = t.upsert_child(*parent, e);
+                            if change == inode::Change::Changed {
+                                if let Some(n) = t.get_mut(ino) {
+                                    n.cached_content = None;
+                                }
+                                diff.changed.push(ino);
+                            }
+                        }
+                        None => {
+                            if let Some(ino) = t.detach_child(*parent, name) {
+                                diff.removed.push((ino, name.to_string()));
+                            }
+                        }
+                    }
+                    if !diff.is_empty() {
+                        changes += 1;
+                        inval.push((*parent, diff));
+                    }
+                }
+            }
+            for (parent, diff) in inval {
+                self.invalidate(parent, &diff);
+            }
+        }
+        if changes > 0 {
+            tracing::info!(changes, "remote changes picked up for individually looked-up files");
+        }
         changes
     }
 

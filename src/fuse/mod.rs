@@ -156,6 +156,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
     fn release(
         &self,
         _req: &Request,

@@ -34,11 +34,26 @@ impl MountHandle {
         &self.mountpoint
     }
 
-    /// Unmount and wait for the request loop to end.
+    /// Unmount and wait for the request loop to end. A busy mountpoint (open files, a shell
+    /// inside it) is detached lazily instead: it disappears from the namespace at once, and the
+    /// processes still using it see errors once this process exits.
     pub fn unmount(mut self) -> std::io::Result<()> {
-        match self.session.take() {
-            Some(s) => s.umount_and_join(),
-            None => Ok(()),
+        let Some(session) = self.session.take() else { return Ok(()) };
+        match unmount_path(&self.mountpoint, 0) {
+            Ok(()) => session.join(),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::warn!(
+                    mountpoint = %self.mountpoint.display(),
+                    "mountpoint busy; detached lazily (open files fail once this process exits)"
+                );
+                unmount_path(&self.mountpoint, libc::MNT_DETACH)?;
+                // The kernel keeps the connection until the last open file closes; don't wait.
+                drop(session);
+                Ok(())
+            }
+            // Already unmounted (e.g. by `umount`): the request loop ends by itself.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => session.join(),
+            Err(e) => Err(e),
         }
     }
 
@@ -50,12 +65,21 @@ impl MountHandle {
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take()
-            && let Err(e) = s.umount_and_join()
-        {
-            tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
+        if self.session.is_some() {
+            let handle = MountHandle { session: self.session.take(), mountpoint: self.mountpoint.clone() };
+            if let Err(e) = handle.unmount() {
+                tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
+            }
         }
     }
+}
+
+/// `umount2(path, flags)`.
+fn unmount_path(path: &Path, flags: i32) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in mountpoint"))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Mount `fs` at `mountpoint`, serving requests on the current tokio runtime.
@@ -83,5 +107,6 @@ pub fn mount<R: Remote>(fs: Arc<Fs<R>>, mountpoint: &Path, opts: &MountOptions) 
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
     fs.set_invalidator(Arc::new(KernelInvalidator::start(session.notifier())));
     let bg = session.spawn()?;
-    Ok(MountHandle { session: Some(bg), mountpoint: mountpoint.to_path_buf() })
+    let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    Ok(MountHandle { session: Some(bg), mountpoint })
 }

@@ -98,8 +98,8 @@ impl HubRemote {
 
     fn relative(&self, full: &str) -> Option<String> {
         let root = self.source.root();
-        if root.is_empty() {
-            return Some(full.to_string());
+        if root.is_empty() || full == root {
+            return Some(if root.is_empty() { full.to_string() } else { String::new() });
         }
         full.strip_prefix(root)?.strip_prefix('/').map(str::to_string)
     }
@@ -335,6 +335,39 @@ impl Remote for HubRemote {
             }));
         }
         self.stat_full(&self.full_path(path)).await
+    }
+
+    async fn stat_many(&self, paths: &[String]) -> Result<Vec<RemoteEntry>, RemoteError> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full: Vec<String> = paths.iter().map(|p| self.full_path(p)).collect();
+        match &self.source {
+            Source::Bucket { namespace, name, .. } => {
+                let what = format!("bucket {namespace}/{name}: {} paths", full.len());
+                let found = self
+                    .call(&what, |client| {
+                        let full = full.clone();
+                        async move { client.bucket(namespace.clone(), name.clone()).get_paths_info().paths(full).send().await }
+                    })
+                    .await?;
+                Ok(found.into_iter().filter_map(|e| self.bucket_entry(e, None)).collect())
+            }
+            Source::Repo { .. } => {
+                let rev = self.revision();
+                let what = format!("{}: {} paths", self.source, full.len());
+                let found = self
+                    .call(&what, |client| {
+                        let (rev, full) = (rev.clone(), full.clone());
+                        async move {
+                            let Some(repo) = self.repo(&client) else { return Ok(Vec::new()) };
+                            repo.get_paths_info().paths(full).revision(rev).send().await
+                        }
+                    })
+                    .await?;
+                Ok(found.into_iter().filter_map(|e| self.repo_entry(e, None)).collect())
+            }
+        }
     }
 
     async fn read_range(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, RemoteError> {

@@ -53,17 +53,8 @@ impl Hub {
 /// Emulator settings for a test; `tweak` adjusts the defaults.
 pub async fn start_hub(tweak: impl FnOnce(&mut EmulatorConfig, &Path)) -> Hub {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = EmulatorConfig {
-        data_dir: dir.path().join("hub"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tokens: vec![("reader".into(), TokenScope::Read), ("writer".into(), TokenScope::Write)],
-        imports: vec![],
-        private: vec![],
-        latency_ms: 0,
-        fail_rate: 0.0,
-        page_size: 1000,
-        synthetic_buckets: vec![],
-    };
+    let mut cfg = EmulatorConfig::new(dir.path().join("hub"));
+    cfg.tokens = vec![("reader".into(), TokenScope::Read), ("writer".into(), TokenScope::Write)];
     tweak(&mut cfg, dir.path());
     let emu = Emulator::start(cfg).await.expect("emulator starts");
     Hub { emu, dir }
@@ -95,8 +86,6 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// Shorthand for an import.
 pub fn import_bucket(id: &str, dir: &Path) -> Import {
     Import::Bucket { id: id.into(), dir: dir.to_path_buf() }
-}
-
 }
 
 /// Shorthand for a repo import with an optional tag.
