@@ -9,7 +9,7 @@
 //! - [`mount`]: wiring of one mount from a typed `MountSpec`.
 
 pub mod emulator;
-pub mod hub;
 pub mod fs;
 pub mod fuse;
+pub mod hub;
 pub mod mount;

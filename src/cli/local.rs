@@ -31,7 +31,8 @@ pub struct LocalArgs {
 pub async fn run(args: LocalArgs) -> Result<(), String> {
     let dir = absolute(&args.dir)?;
     let state = dir.join(".state");
-    let (bucket_src, model_v1, model_v2) = write_demo_data(&state.join("demo")).map_err(|e| format!("demo data: {e}"))?;
+    let (bucket_src, model_v1, model_v2) =
+        write_demo_data(&state.join("demo")).map_err(|e| format!("demo data: {e}"))?;
     let token_file = state.join("token");
     write_private(&token_file, TOKEN_NAME).map_err(|e| format!("{}: {e}", token_file.display()))?;
 
@@ -39,20 +40,37 @@ pub async fn run(args: LocalArgs) -> Result<(), String> {
     cfg.listen = args.listen;
     cfg.tokens = vec![(TOKEN_NAME.to_string(), TokenScope::Write)];
     cfg.imports = vec![
-        Import::Bucket { id: BUCKET.into(), dir: bucket_src },
-        Import::Repo { kind: RepoKind::Model, id: MODEL.into(), dir: model_v1, tag: Some("v1".into()) },
-        Import::Repo { kind: RepoKind::Model, id: MODEL.into(), dir: model_v2, tag: None },
+        Import::Bucket {
+            id: BUCKET.into(),
+            dir: bucket_src,
+        },
+        Import::Repo {
+            kind: RepoKind::Model,
+            id: MODEL.into(),
+            dir: model_v1,
+            tag: Some("v1".into()),
+        },
+        Import::Repo {
+            kind: RepoKind::Model,
+            id: MODEL.into(),
+            dir: model_v2,
+            tag: None,
+        },
     ];
     eprintln!("hf-csi local: starting the Hub emulator (first run uploads the demo data)...");
-    let hub = Emulator::start(cfg).await.map_err(|e| format!("starting the Hub emulator: {e}"))?;
+    let hub = Emulator::start(cfg)
+        .await
+        .map_err(|e| format!("starting the Hub emulator: {e}"))?;
     let endpoint = hub.endpoint();
 
     let cache_dir = state.join("cache");
-    let cache = ContentCache::open(&cache_dir.join("content"), 1 << 30).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+    let cache = ContentCache::open(&cache_dir.join("content"), 1 << 30)
+        .map_err(|e| format!("{}: {e}", cache_dir.display()))?;
     let spec = |source: Source, mp: &str| -> Result<MountSpec, String> {
         let mountpoint = dir.join(mp);
         release_stale_mount(&mountpoint);
-        std::fs::create_dir_all(&mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+        std::fs::create_dir_all(&mountpoint)
+            .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(MountSpec {
@@ -70,9 +88,17 @@ pub async fn run(args: LocalArgs) -> Result<(), String> {
             allow_other: true,
         })
     };
-    let bucket_spec = spec(Source::parse_bucket(BUCKET).map_err(|e| e.to_string())?, "bucket")?;
-    let model_spec = spec(Source::parse_repo(MODEL, "main").map_err(|e| e.to_string())?, "model")?;
-    let bucket = mount::start(&bucket_spec, Some(cache.clone())).await.map_err(|e| e.to_string())?;
+    let bucket_spec = spec(
+        Source::parse_bucket(BUCKET).map_err(|e| e.to_string())?,
+        "bucket",
+    )?;
+    let model_spec = spec(
+        Source::parse_repo(MODEL, "main").map_err(|e| e.to_string())?,
+        "model",
+    )?;
+    let bucket = mount::start(&bucket_spec, Some(cache.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
     let model = match mount::start(&model_spec, Some(cache.clone())).await {
         Ok(m) => m,
         Err(e) => {
@@ -90,7 +116,11 @@ pub async fn run(args: LocalArgs) -> Result<(), String> {
 
 fn print_banner(dir: &Path, endpoint: &str, token: &Path, bucket: &Mounted, model: &Mounted) {
     let d = dir.display();
-    let rw = if bucket.fs.config().read_only { "read-only for now" } else { "read-write" };
+    let rw = if bucket.fs.config().read_only {
+        "read-only for now"
+    } else {
+        "read-write"
+    };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -148,16 +178,43 @@ fn write_demo_data(root: &Path) -> std::io::Result<(PathBuf, PathBuf, PathBuf)> 
     let v1 = root.join("model-v1");
     let v2 = root.join("model-v2");
     let files: Vec<(PathBuf, Vec<u8>)> = vec![
-        (bucket.join("README.md"), b"# demo/scratch\n\nA read-write bucket served by the local Hub emulator.\n".to_vec()),
-        (bucket.join("notes/hello.txt"), b"hello from a Hugging Face bucket\n".to_vec()),
-        (bucket.join("data/numbers.csv"), (0..1000).map(|i| format!("{i},{}\n", i * i)).collect::<String>().into_bytes()),
+        (
+            bucket.join("README.md"),
+            b"# demo/scratch\n\nA read-write bucket served by the local Hub emulator.\n".to_vec(),
+        ),
+        (
+            bucket.join("notes/hello.txt"),
+            b"hello from a Hugging Face bucket\n".to_vec(),
+        ),
+        (
+            bucket.join("data/numbers.csv"),
+            (0..1000)
+                .map(|i| format!("{i},{}\n", i * i))
+                .collect::<String>()
+                .into_bytes(),
+        ),
         (bucket.join("data/sample.bin"), noise(3 << 20, 1)),
-        (v1.join("config.json"), br#"{"model_type": "tiny", "hidden_size": 64, "version": 1}"#.to_vec()),
-        (v1.join("README.md"), b"# tiny-model\n\nFirst release.\n".to_vec()),
+        (
+            v1.join("config.json"),
+            br#"{"model_type": "tiny", "hidden_size": 64, "version": 1}"#.to_vec(),
+        ),
+        (
+            v1.join("README.md"),
+            b"# tiny-model\n\nFirst release.\n".to_vec(),
+        ),
         (v1.join("model.safetensors"), noise(12 << 20, 2)),
-        (v2.join("config.json"), br#"{"model_type": "tiny", "hidden_size": 64, "version": 2}"#.to_vec()),
-        (v2.join("README.md"), b"# tiny-model\n\nSecond release: same weights, new config.\n".to_vec()),
-        (v2.join("tokenizer.json"), br#"{"vocab": {"<pad>": 0, "hello": 1, "world": 2}}"#.to_vec()),
+        (
+            v2.join("config.json"),
+            br#"{"model_type": "tiny", "hidden_size": 64, "version": 2}"#.to_vec(),
+        ),
+        (
+            v2.join("README.md"),
+            b"# tiny-model\n\nSecond release: same weights, new config.\n".to_vec(),
+        ),
+        (
+            v2.join("tokenizer.json"),
+            br#"{"vocab": {"<pad>": 0, "hello": 1, "world": 2}}"#.to_vec(),
+        ),
         (v2.join("model.safetensors"), noise(12 << 20, 2)),
     ];
     for (p, data) in files {
@@ -182,4 +239,3 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
     v.truncate(len);
     v
 }
-

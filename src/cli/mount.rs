@@ -82,19 +82,34 @@ fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(x).join("hf-csi");
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hf-csi")).unwrap_or_else(|| "/tmp/hf-csi".into())
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/hf-csi"))
+        .unwrap_or_else(|| "/tmp/hf-csi".into())
 }
 
 impl MountTarget {
     /// Validate everything into a [`MountSpec`].
     pub fn into_spec(self) -> Result<MountSpec, String> {
         let (source, mountpoint, common) = match self {
-            MountTarget::Bucket { source, mountpoint, common } => {
-                (Source::parse_bucket(&source).map_err(|e| e.to_string())?, mountpoint, common)
-            }
-            MountTarget::Repo { source, mountpoint, revision, common } => {
-                (Source::parse_repo(&source, &revision).map_err(|e| e.to_string())?, mountpoint, common)
-            }
+            MountTarget::Bucket {
+                source,
+                mountpoint,
+                common,
+            } => (
+                Source::parse_bucket(&source).map_err(|e| e.to_string())?,
+                mountpoint,
+                common,
+            ),
+            MountTarget::Repo {
+                source,
+                mountpoint,
+                revision,
+                common,
+            } => (
+                Source::parse_repo(&source, &revision).map_err(|e| e.to_string())?,
+                mountpoint,
+                common,
+            ),
         };
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -109,7 +124,8 @@ impl MountTarget {
             gid: common.gid.unwrap_or(gid),
             read_only: common.read_only,
             metadata_ttl: Duration::from_millis(common.metadata_ttl_ms),
-            poll_interval: (common.poll_interval_secs > 0).then(|| Duration::from_secs(common.poll_interval_secs)),
+            poll_interval: (common.poll_interval_secs > 0)
+                .then(|| Duration::from_secs(common.poll_interval_secs)),
             allow_other: !common.no_allow_other,
         })
     }
@@ -119,7 +135,11 @@ impl MountTarget {
 pub async fn run(args: MountArgs) -> Result<(), String> {
     let spec = args.target.into_spec()?;
     let mounted = mount::start(&spec, None).await.map_err(|e| e.to_string())?;
-    println!("hf-csi: mounted {} at {}", mounted.description, spec.mountpoint.display());
+    println!(
+        "hf-csi: mounted {} at {}",
+        mounted.description,
+        spec.mountpoint.display()
+    );
     super::wait_for_shutdown(|| mounted.is_finished()).await;
     let mp = spec.mountpoint.display().to_string();
     tokio::task::spawn_blocking(move || mounted.unmount())

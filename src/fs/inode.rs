@@ -96,7 +96,13 @@ impl InodeTable {
                 dir: Some(Box::default()),
             },
         );
-        InodeTable { nodes, next_ino: ROOT_INO + 1, tick: 0, max_nodes: max_nodes.max(16), default_mtime }
+        InodeTable {
+            nodes,
+            next_ino: ROOT_INO + 1,
+            tick: 0,
+            max_nodes: max_nodes.max(16),
+            default_mtime,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -137,7 +143,13 @@ impl InodeTable {
     }
 
     pub fn child(&self, parent: Ino, name: &str) -> Option<Ino> {
-        self.nodes.get(&parent)?.dir.as_ref()?.entries.get(name).copied()
+        self.nodes
+            .get(&parent)?
+            .dir
+            .as_ref()?
+            .entries
+            .get(name)
+            .copied()
     }
 
     /// Insert or update the child described by `entry` (whose last path component is the name).
@@ -149,13 +161,17 @@ impl InodeTable {
         };
         let mtime = entry.mtime.unwrap_or(self.default_mtime);
         if let Some(ino) = self.child(parent, name) {
-            let node = self.nodes.get_mut(&ino).expect("child index points to a live inode");
+            let node = self
+                .nodes
+                .get_mut(&ino)
+                .expect("child index points to a live inode");
             if node.kind == kind {
                 node.validated = Instant::now();
                 if kind == FileKind::Dir {
                     return (ino, Change::Same);
                 }
-                let changed = node.content != entry.content || node.size != entry.size || node.mtime != mtime;
+                let changed =
+                    node.content != entry.content || node.size != entry.size || node.mtime != mtime;
                 if changed {
                     node.content = entry.content.clone();
                     node.size = entry.size;
@@ -196,7 +212,13 @@ impl InodeTable {
 
     /// Remove `name` from `parent`; the inode lives on (detached) while the kernel holds it.
     pub fn detach_child(&mut self, parent: Ino, name: &str) -> Option<Ino> {
-        let ino = self.nodes.get_mut(&parent)?.dir.as_mut()?.entries.remove(name)?;
+        let ino = self
+            .nodes
+            .get_mut(&parent)?
+            .dir
+            .as_mut()?
+            .entries
+            .remove(name)?;
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.detached = true;
         }
@@ -222,7 +244,12 @@ impl InodeTable {
             }
         }
         let gone: Vec<String> = match self.nodes.get(&dir).and_then(|d| d.dir.as_ref()) {
-            Some(d) => d.entries.keys().filter(|k| !seen.contains(&***k)).map(|k| k.to_string()).collect(),
+            Some(d) => d
+                .entries
+                .keys()
+                .filter(|k| !seen.contains(&***k))
+                .map(|k| k.to_string())
+                .collect(),
             None => Vec::new(),
         };
         for name in gone {
@@ -257,9 +284,15 @@ impl InodeTable {
 
     /// Remove a detached inode nobody references any more.
     fn drop_if_unused(&mut self, ino: Ino) {
-        let Some(n) = self.nodes.get(&ino) else { return };
+        let Some(n) = self.nodes.get(&ino) else {
+            return;
+        };
         if n.detached && n.lookups == 0 && n.opens == 0 {
-            let children: Vec<Ino> = n.dir.as_ref().map(|d| d.entries.values().copied().collect()).unwrap_or_default();
+            let children: Vec<Ino> = n
+                .dir
+                .as_ref()
+                .map(|d| d.entries.values().copied().collect())
+                .unwrap_or_default();
             self.nodes.remove(&ino);
             // Children of a vanished directory are unreachable by path; detach them too.
             for c in children {
@@ -291,8 +324,16 @@ impl InodeTable {
             }
             let Some(base) = self.path(ino) else { continue };
             for (name, c) in &d.entries {
-                if self.nodes.get(c).is_some_and(|cn| cn.kind == FileKind::File) {
-                    let path = if base.is_empty() { name.to_string() } else { format!("{base}/{name}") };
+                if self
+                    .nodes
+                    .get(c)
+                    .is_some_and(|cn| cn.kind == FileKind::File)
+                {
+                    let path = if base.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{base}/{name}")
+                    };
                     out.push((ino, path));
                 }
             }
@@ -323,7 +364,9 @@ impl InodeTable {
             if self.nodes.len() <= target {
                 break;
             }
-            let Some(n) = self.nodes.remove(&ino) else { continue };
+            let Some(n) = self.nodes.remove(&ino) else {
+                continue;
+            };
             if let Some(p) = self.nodes.get_mut(&n.parent)
                 && let Some(d) = p.dir.as_mut()
             {
@@ -353,7 +396,13 @@ mod tests {
     }
 
     fn dir(path: &str) -> RemoteEntry {
-        RemoteEntry { path: path.into(), kind: EntryKind::Dir, size: 0, mtime: None, content: None }
+        RemoteEntry {
+            path: path.into(),
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime: None,
+            content: None,
+        }
     }
 
     #[test]
@@ -406,6 +455,14 @@ mod tests {
         assert!(evicted > 0);
         assert!(t.len() <= 20);
         assert!(t.get(kept).is_some());
-        assert!(t.get(ROOT_INO).unwrap().dir.as_ref().unwrap().listed.is_none());
+        assert!(
+            t.get(ROOT_INO)
+                .unwrap()
+                .dir
+                .as_ref()
+                .unwrap()
+                .listed
+                .is_none()
+        );
     }
 }

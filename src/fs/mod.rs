@@ -120,7 +120,12 @@ pub struct Fs<R: Remote> {
 
 impl<R: Remote> Fs<R> {
     /// A filesystem over an opened remote source.
-    pub fn new(remote: Arc<R>, info: SourceInfo, cfg: FsConfig, cache: Arc<ContentCache>) -> Arc<Self> {
+    pub fn new(
+        remote: Arc<R>,
+        info: SourceInfo,
+        cfg: FsConfig,
+        cache: Arc<ContentCache>,
+    ) -> Arc<Self> {
         let table = InodeTable::new(cfg.max_inodes, info.default_mtime);
         Arc::new(Fs {
             remote,
@@ -159,7 +164,11 @@ impl<R: Remote> Fs<R> {
     }
 
     fn ttl(&self) -> Duration {
-        if self.info.immutable { FOREVER } else { self.cfg.metadata_ttl }
+        if self.info.immutable {
+            FOREVER
+        } else {
+            self.cfg.metadata_ttl
+        }
     }
 
     fn fresh(&self, at: Instant) -> bool {
@@ -189,7 +198,9 @@ impl<R: Remote> Fs<R> {
     }
 
     fn invalidate(&self, parent: Ino, diff: &ListingDiff) {
-        let Some(inv) = self.invalidator.get() else { return };
+        let Some(inv) = self.invalidator.get() else {
+            return;
+        };
         for name in &diff.added {
             inv.entry(parent, name);
         }
@@ -217,7 +228,9 @@ impl<R: Remote> Fs<R> {
             }
             t.path(dir).ok_or(FsError::NotFound)?
         };
-        self.counters.remote_listings.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .remote_listings
+            .fetch_add(1, Ordering::Relaxed);
         let entries = self.remote.list_dir(&path).await?;
         let diff = {
             let mut t = self.table();
@@ -231,7 +244,10 @@ impl<R: Remote> Fs<R> {
             diff
         };
         self.invalidate(dir, &diff);
-        self.listing_locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
+        self.listing_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&dir);
         Ok(())
     }
 
@@ -249,7 +265,10 @@ impl<R: Remote> Fs<R> {
                 if listed || self.fresh(n.validated) {
                     let attr = self.attr_of(ino, n);
                     t.add_lookup(ino);
-                    return Ok(Entry { attr, ttl: self.ttl() });
+                    return Ok(Entry {
+                        attr,
+                        ttl: self.ttl(),
+                    });
                 }
             } else if listed {
                 return Err(FsError::NotFound);
@@ -287,7 +306,10 @@ impl<R: Remote> Fs<R> {
         let attr = self.attr_of(ino, t.get(ino).expect("indexed child exists"));
         t.add_lookup(ino);
         t.evict_over_cap();
-        Ok(Entry { attr, ttl: self.ttl() })
+        Ok(Entry {
+            attr,
+            ttl: self.ttl(),
+        })
     }
 
     /// The kernel dropped `n` references to `ino`.
@@ -316,15 +338,26 @@ impl<R: Remote> Fs<R> {
             n.opens += 1;
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let h = Arc::new(DirHandle { ino, entries: Mutex::new(None) });
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Handle::Dir(h));
+        let h = Arc::new(DirHandle {
+            ino,
+            entries: Mutex::new(None),
+        });
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Handle::Dir(h));
         Ok(fh)
     }
 
     /// Directory entries from `offset` on (`.` and `..` included). Offsets are positions in a
     /// snapshot taken when the handle first read, so a concurrent change never repeats or skips.
     pub async fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> FsResult<Arc<Vec<DirEntry>>> {
-        let h = match self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh) {
+        let h = match self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+        {
             Some(Handle::Dir(h)) if h.ino == ino => h.clone(),
             _ => return Err(FsError::BadHandle),
         };
@@ -340,11 +373,23 @@ impl<R: Remote> Fs<R> {
             let n = t.get(ino).ok_or(FsError::NotFound)?;
             let d = n.dir.as_ref().ok_or(FsError::NotDir)?;
             let mut v = Vec::with_capacity(d.entries.len() + 2);
-            v.push(DirEntry { ino, kind: FileKind::Dir, name: ".".into() });
-            v.push(DirEntry { ino: if ino == ROOT_INO { ino } else { n.parent }, kind: FileKind::Dir, name: "..".into() });
+            v.push(DirEntry {
+                ino,
+                kind: FileKind::Dir,
+                name: ".".into(),
+            });
+            v.push(DirEntry {
+                ino: if ino == ROOT_INO { ino } else { n.parent },
+                kind: FileKind::Dir,
+                name: "..".into(),
+            });
             for (name, &c) in &d.entries {
                 if let Some(cn) = t.get(c) {
-                    v.push(DirEntry { ino: c, kind: cn.kind, name: name.to_string() });
+                    v.push(DirEntry {
+                        ino: c,
+                        kind: cn.kind,
+                        name: name.to_string(),
+                    });
                 }
             }
             Arc::new(v)
@@ -356,11 +401,18 @@ impl<R: Remote> Fs<R> {
     /// Attributes for a `readdirplus` entry (without taking a reference yet).
     pub fn entry_attr(&self, ino: Ino) -> Option<Entry> {
         let t = self.table();
-        t.get(ino).map(|n| Entry { attr: self.attr_of(ino, n), ttl: self.ttl() })
+        t.get(ino).map(|n| Entry {
+            attr: self.attr_of(ino, n),
+            ttl: self.ttl(),
+        })
     }
 
     pub fn releasedir(&self, fh: u64) {
-        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
         if let Some(Handle::Dir(h)) = h {
             let mut t = self.table();
             if let Some(n) = t.get_mut(h.ino) {
@@ -387,16 +439,36 @@ impl<R: Remote> Fs<R> {
             n.cached_content = Some(content.clone());
             n.opens += 1;
             let path = path.unwrap_or_default();
-            (RemoteFile { path, size: n.size, content }, keep)
+            (
+                RemoteFile {
+                    path,
+                    size: n.size,
+                    content,
+                },
+                keep,
+            )
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let h = Arc::new(FileHandle { ino, file, blob: OnceLock::new(), read_ahead: Mutex::default() });
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Handle::File(h));
+        let h = Arc::new(FileHandle {
+            ino,
+            file,
+            blob: OnceLock::new(),
+            read_ahead: Mutex::default(),
+        });
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Handle::File(h));
         Ok(Opened { fh, keep_cache })
     }
 
     pub async fn read(&self, ino: Ino, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
-        let h = match self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh) {
+        let h = match self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+        {
             Some(Handle::File(h)) if h.ino == ino => h.clone(),
             _ => return Err(FsError::BadHandle),
         };
@@ -409,12 +481,18 @@ impl<R: Remote> Fs<R> {
         };
         let data = reader::read(&self.remote, &h.file, &blob, &h.read_ahead, offset, size).await?;
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
-        self.counters.read_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.counters
+            .read_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data)
     }
 
     pub fn release(&self, fh: u64) {
-        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
         if let Some(Handle::File(h)) = h {
             let mut t = self.table();
             if let Some(n) = t.get_mut(h.ino) {
@@ -456,7 +534,9 @@ impl<R: Remote> Fs<R> {
         let dirs = self.table().listed_dirs();
         let mut changes = 0;
         for (ino, path) in dirs.into_iter().take(max_dirs) {
-            self.counters.remote_listings.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .remote_listings
+                .fetch_add(1, Ordering::Relaxed);
             let entries = match self.remote.list_dir(&path).await {
                 Ok(e) => e,
                 Err(e) => {
@@ -509,7 +589,8 @@ impl<R: Remote> Fs<R> {
                     continue;
                 }
             };
-            let by_path: HashMap<&str, &crate::hub::RemoteEntry> = found.iter().map(|e| (e.path.as_str(), e)).collect();
+            let by_path: HashMap<&str, &crate::hub::RemoteEntry> =
+                found.iter().map(|e| (e.path.as_str(), e)).collect();
             let mut inval: Vec<(Ino, ListingDiff)> = Vec::new();
             {
                 let mut t = self.table();
@@ -543,7 +624,10 @@ impl<R: Remote> Fs<R> {
             }
         }
         if changes > 0 {
-            tracing::info!(changes, "remote changes picked up for individually looked-up files");
+            tracing::info!(
+                changes,
+                "remote changes picked up for individually looked-up files"
+            );
         }
         changes
     }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, Request,
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use tokio::runtime::Handle;
 
@@ -71,7 +71,10 @@ fn fuse_attr(a: &Attr) -> FileAttr {
 fn open_flags(flags: OpenFlags) -> core::OpenFlags {
     let raw = flags.0;
     let acc = raw & libc::O_ACCMODE;
-    core::OpenFlags { write: acc == libc::O_WRONLY || acc == libc::O_RDWR, truncate: raw & libc::O_TRUNC != 0 }
+    core::OpenFlags {
+        write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+        truncate: raw & libc::O_TRUNC != 0,
+    }
 }
 
 impl<R: Remote> Filesystem for FuseAdapter<R> {
@@ -79,7 +82,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         // Each capability is optional: take what the kernel offers.
         for (flag, why) in [
             // Let `ls -l` fetch names and attributes in one pass, but only when it helps.
-            (InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO, "readdirplus"),
+            (
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+                "readdirplus",
+            ),
             // Lookups in different directories may run concurrently.
             (InitFlags::FUSE_PARALLEL_DIROPS, "parallel dirops"),
             // Drop cached pages when a file's size or mtime changes under us.
@@ -128,7 +134,11 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         self.rt.spawn(async move {
             match fs.open(ino.0, open_flags(flags)).await {
                 Ok(o) => {
-                    let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    let f = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
                     reply.opened(FileHandle(o.fh), f)
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -156,7 +166,14 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -184,7 +201,14 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.readdir(ino.0, fh.0, offset).await {
@@ -201,14 +225,23 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.readdir(ino.0, fh.0, offset).await {
                 Ok(entries) => {
                     for (i, e) in entries.iter().enumerate().skip(offset as usize) {
                         let dots = e.name == "." || e.name == "..";
-                        let Some(entry) = fs.entry_attr(e.ino) else { continue };
+                        let Some(entry) = fs.entry_attr(e.ino) else {
+                            continue;
+                        };
                         let ttl = if dots { Duration::ZERO } else { entry.ttl };
                         let full = reply.add(
                             INodeNo(e.ino),
@@ -233,7 +266,14 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }

@@ -89,13 +89,22 @@ pub trait Remote: Send + Sync + 'static {
 
     /// The direct children of directory `dir` (`""` is the root). A directory that does not
     /// exist lists as empty (directories are implicit on buckets).
-    fn list_dir(&self, dir: &str) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
+    fn list_dir(
+        &self,
+        dir: &str,
+    ) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
 
     /// One entry, or `None` if nothing exists at `path`.
-    fn stat(&self, path: &str) -> impl Future<Output = Result<Option<RemoteEntry>, RemoteError>> + Send;
+    fn stat(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<RemoteEntry>, RemoteError>> + Send;
 
     /// Entries for many paths at once (one request per batch); absent paths are left out.
-    fn stat_many(&self, paths: &[String]) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
+    fn stat_many(
+        &self,
+        paths: &[String],
+    ) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
 
     /// The bytes of `range` of a file (`range` lies within the file).
     fn read_range(

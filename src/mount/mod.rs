@@ -38,11 +38,20 @@ pub enum MountError {
     #[error("mountpoint {path}: {why}")]
     Mountpoint { path: PathBuf, why: String },
     #[error("cache directory {path}: {source}")]
-    Cache { path: PathBuf, source: std::io::Error },
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{source} (hub {endpoint})")]
-    Remote { endpoint: String, source: RemoteError },
+    Remote {
+        endpoint: String,
+        source: RemoteError,
+    },
     #[error("mounting {path}: {source}")]
-    Fuse { path: PathBuf, source: std::io::Error },
+    Fuse {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A running mount.
@@ -84,7 +93,9 @@ impl Drop for Mounted {
 /// The token source a spec asks for.
 pub fn token_source(token_file: Option<&Path>) -> Result<Arc<TokenSource>, MountError> {
     if let Some(p) = token_file {
-        return TokenSource::file(p).map(Arc::new).map_err(MountError::Token);
+        return TokenSource::file(p)
+            .map(Arc::new)
+            .map_err(MountError::Token);
     }
     Ok(Arc::new(match std::env::var("HF_TOKEN") {
         Ok(t) if !t.trim().is_empty() => TokenSource::fixed(t),
@@ -94,7 +105,10 @@ pub fn token_source(token_file: Option<&Path>) -> Result<Arc<TokenSource>, Mount
 
 /// Check the mountpoint before touching the remote, with a precise message.
 fn check_mountpoint(path: &Path) -> Result<(), MountError> {
-    let err = |why: String| MountError::Mountpoint { path: path.to_path_buf(), why };
+    let err = |why: String| MountError::Mountpoint {
+        path: path.to_path_buf(),
+        why,
+    };
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(err("not a directory".into())),
@@ -107,17 +121,24 @@ fn check_mountpoint(path: &Path) -> Result<(), MountError> {
 }
 
 /// Open the source, mount it and start the change poll. Must run inside a tokio runtime.
-pub async fn start(spec: &MountSpec, cache: Option<Arc<ContentCache>>) -> Result<Mounted, MountError> {
+pub async fn start(
+    spec: &MountSpec,
+    cache: Option<Arc<ContentCache>>,
+) -> Result<Mounted, MountError> {
     check_mountpoint(&spec.mountpoint)?;
     let token = token_source(spec.token_file.as_deref())?;
     let cache = match cache {
         Some(c) => c,
         None => {
             let dir = spec.cache_dir.join("content");
-            ContentCache::open(&dir, spec.cache_size).map_err(|source| MountError::Cache { path: dir, source })?
+            ContentCache::open(&dir, spec.cache_size)
+                .map_err(|source| MountError::Cache { path: dir, source })?
         }
     };
-    let remote_err = |source| MountError::Remote { endpoint: spec.endpoint.clone(), source };
+    let remote_err = |source| MountError::Remote {
+        endpoint: spec.endpoint.clone(),
+        source,
+    };
     let remote = HubRemote::new(HubRemoteConfig {
         endpoint: spec.endpoint.clone(),
         source: spec.source.clone(),
@@ -128,8 +149,14 @@ pub async fn start(spec: &MountSpec, cache: Option<Arc<ContentCache>>) -> Result
     let remote = Arc::new(remote);
     let info = remote.open().await.map_err(remote_err)?;
     // Repos are immutable; bucket writes arrive with the write path.
-    let read_only = spec.read_only || matches!(spec.source, Source::Repo { .. }) || !crate::fs::WRITES_SUPPORTED;
-    let poll_interval = if info.immutable { None } else { spec.poll_interval };
+    let read_only = spec.read_only
+        || matches!(spec.source, Source::Repo { .. })
+        || !crate::fs::WRITES_SUPPORTED;
+    let poll_interval = if info.immutable {
+        None
+    } else {
+        spec.poll_interval
+    };
     let cfg = FsConfig {
         uid: spec.uid,
         gid: spec.gid,
@@ -140,10 +167,25 @@ pub async fn start(spec: &MountSpec, cache: Option<Arc<ContentCache>>) -> Result
     };
     let description = info.description.clone();
     let fs = Fs::new(remote, info, cfg, cache);
-    let opts = MountOptions { fs_name: format!("hf-csi:{}", spec.source.id()), read_only, allow_other: spec.allow_other, threads: 1 };
-    let handle = crate::fuse::mount(fs.clone(), &spec.mountpoint, &opts)
-        .map_err(|source| MountError::Fuse { path: spec.mountpoint.clone(), source })?;
-    let poll = poll_interval.map(|every| tokio::spawn(crate::fs::run_poll(Arc::downgrade(&fs), every)));
+    let opts = MountOptions {
+        fs_name: format!("hf-csi:{}", spec.source.id()),
+        read_only,
+        allow_other: spec.allow_other,
+        threads: 1,
+    };
+    let handle = crate::fuse::mount(fs.clone(), &spec.mountpoint, &opts).map_err(|source| {
+        MountError::Fuse {
+            path: spec.mountpoint.clone(),
+            source,
+        }
+    })?;
+    let poll =
+        poll_interval.map(|every| tokio::spawn(crate::fs::run_poll(Arc::downgrade(&fs), every)));
     tracing::info!(source = %description, mountpoint = %spec.mountpoint.display(), read_only, "mounted");
-    Ok(Mounted { fs, handle: Some(handle), poll, description })
+    Ok(Mounted {
+        fs,
+        handle: Some(handle),
+        poll,
+        description,
+    })
 }

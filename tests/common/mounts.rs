@@ -36,7 +36,11 @@ impl MountCmd {
             "--cache-dir".into(),
             cache.display().to_string(),
         ];
-        MountCmd { args, mountpoint: mountpoint.to_path_buf(), envs: vec![("HF_TOKEN".into(), String::new())] }
+        MountCmd {
+            args,
+            mountpoint: mountpoint.to_path_buf(),
+            envs: vec![("HF_TOKEN".into(), String::new())],
+        }
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -60,7 +64,12 @@ impl MountCmd {
 
     /// Start and wait until mounted; panics with the process output if it fails.
     pub fn start(self) -> Mount {
-        let mut child = self.command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hf-csi");
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hf-csi");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !is_mounted(&self.mountpoint) {
             if let Ok(Some(status)) = child.try_wait() {
@@ -71,7 +80,11 @@ impl MountCmd {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            assert!(Instant::now() < deadline, "timed out waiting for the mount at {}", self.mountpoint.display());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the mount at {}",
+                self.mountpoint.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         // Drain stderr in the background so the child never blocks on a full pipe.
@@ -85,15 +98,25 @@ impl MountCmd {
                 l.push('\n');
             }
         });
-        Mount { child: Some(child), mountpoint: self.mountpoint, log }
+        Mount {
+            child: Some(child),
+            mountpoint: self.mountpoint,
+            log,
+        }
     }
 
     /// Run expecting failure; returns (exit code, stderr).
     pub fn fail(self) -> (i32, String) {
         let out = self.command().output().expect("spawn hf-csi");
         assert!(!out.status.success(), "mount unexpectedly succeeded");
-        assert!(!is_mounted(&self.mountpoint), "a failed mount left something mounted");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+        assert!(
+            !is_mounted(&self.mountpoint),
+            "a failed mount left something mounted"
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     }
 }
 
@@ -135,7 +158,9 @@ impl Mount {
     }
 
     fn terminate(&mut self) -> i32 {
-        let Some(mut c) = self.child.take() else { return 0 };
+        let Some(mut c) = self.child.take() else {
+            return 0;
+        };
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -147,7 +172,10 @@ impl Mount {
                 let _ = c.kill();
                 let _ = c.wait();
                 lazy_unmount(&self.mountpoint);
-                panic!("hf-csi did not exit within 30 s of SIGTERM; log:\n{}", self.log());
+                panic!(
+                    "hf-csi did not exit within 30 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -175,10 +203,16 @@ impl Drop for Mount {
 
 /// Whether `path` is a mountpoint right now (from /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(path.parent().unwrap_or(path)) else { return false };
+    let Ok(canon) = std::fs::canonicalize(path.parent().unwrap_or(path)) else {
+        return false;
+    };
     let target = canon.join(path.file_name().unwrap_or_default());
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|mp| Path::new(mp) == target))
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|mp| Path::new(mp) == target)
+    })
 }
 
 /// Detach whatever is mounted at `path` (no-op when nothing is).
