@@ -534,3 +534,50 @@ async fn transient_faults_are_survived_and_permanent_ones_give_eio() {
     assert!(std::fs::read(m.path("g.bin")).unwrap() == other);
     m.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_token_file_is_used_without_remount() {
+    use hf_csi::emulator::{Emulator, EmulatorConfig, TokenScope};
+    use std::os::unix::fs::MetadataExt;
+    require_fuse();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    write_tree(&src, &[("a.txt", b"a".to_vec()), ("b.txt", b"b".to_vec())]);
+    let config = |token: &str, listen: std::net::SocketAddr| {
+        let mut cfg = EmulatorConfig::new(dir.path().join("hub"));
+        cfg.listen = listen;
+        cfg.tokens = vec![(token.to_string(), TokenScope::Read)];
+        cfg.imports = vec![import_bucket("acme/private", &src)];
+        cfg.private = vec!["acme/private".into()];
+        cfg
+    };
+    let first = Emulator::start(config("old-token", "127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let endpoint = first.endpoint();
+    let addr: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "old-token\n").unwrap();
+    let mnt = dir.path().join("mnt");
+    let m = MountCmd::bucket(&endpoint, "acme/private", &mnt, &dir.path().join("cache"))
+        .arg("--token-file")
+        .arg(token.display().to_string())
+        .arg("--uid")
+        .arg("1234")
+        .arg("--gid")
+        .arg("4321")
+        .start();
+    assert_eq!(std::fs::read(m.path("a.txt")).unwrap(), b"a");
+    let meta = std::fs::metadata(m.path("a.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 4321));
+
+    // The Hub now only accepts a new token; the Secret volume is updated in place.
+    first.shutdown().await;
+    let second = Emulator::start(config("new-token", addr)).await.unwrap();
+    let tmp = dir.path().join("token.tmp");
+    std::fs::write(&tmp, "new-token\n").unwrap();
+    std::fs::rename(&tmp, &token).unwrap();
+    // b.txt was never looked up: the mount must ask the Hub, with the new token.
+    assert_eq!(std::fs::read(m.path("b.txt")).unwrap(), b"b");
+    assert!(!m.log().contains("new-token") && !m.log().contains("old-token"), "a token reached the log");
+    m.stop();
+    second.shutdown().await;
+}
