@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use hf_csi::emulator::config::{
-    self, DEFAULT_PAGE_SIZE, parse_bucket_import, parse_fail_rate, parse_page_size,
-    parse_synthetic_bucket, parse_token_spec,
+    self, DEFAULT_PAGE_SIZE, parse_bucket_import, parse_fail_rate, parse_page_size, parse_synthetic_bucket,
+    parse_token_spec,
 };
 use hf_csi::emulator::{Emulator, EmulatorConfig, Import, RepoKind, TokenScope};
 
@@ -21,12 +21,7 @@ pub struct HubArgs {
     pub data_dir: PathBuf,
 
     /// Address to listen on (port 0 picks a free port).
-    #[arg(
-        long,
-        env = "HF_CSI_HUB_LISTEN",
-        default_value = "127.0.0.1:7860",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "HF_CSI_HUB_LISTEN", default_value = "127.0.0.1:7860", value_name = "ADDR")]
     pub listen: SocketAddr,
 
     /// Accept bearer token NAME with the given scope (repeatable).
@@ -92,13 +87,7 @@ impl HubArgs {
         let mut cfg = EmulatorConfig::new(self.data_dir);
         cfg.listen = self.listen;
         cfg.tokens = self.tokens;
-        cfg.imports = [
-            self.import_buckets,
-            self.import_models,
-            self.import_datasets,
-            self.import_spaces,
-        ]
-        .concat();
+        cfg.imports = [self.import_buckets, self.import_models, self.import_datasets, self.import_spaces].concat();
         cfg.private = self.private;
         cfg.latency_ms = self.latency_ms;
         cfg.fail_rate = self.fail_rate;
@@ -112,13 +101,10 @@ impl HubArgs {
 /// Starts the emulator, announces it on stdout and serves until SIGINT or SIGTERM.
 pub async fn run(args: HubArgs) -> Result<(), String> {
     let cfg = args.into_config()?;
-    let hub = Emulator::start(cfg)
-        .await
-        .map_err(|e| format!("starting the Hub emulator: {e}"))?;
+    let hub = Emulator::start(cfg).await.map_err(|e| format!("starting the Hub emulator: {e}"))?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "hf-csi hub listening on {}", hub.endpoint())
-            .map_err(|e| format!("stdout: {e}"))?;
+        writeln!(out, "hf-csi hub listening on {}", hub.endpoint()).map_err(|e| format!("stdout: {e}"))?;
         out.flush().map_err(|e| format!("stdout: {e}"))?;
     }
     let signal = wait_for_signal().await;
@@ -129,10 +115,7 @@ pub async fn run(args: HubArgs) -> Result<(), String> {
 
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
@@ -159,9 +142,7 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<HubArgs, String> {
         let argv = std::iter::once("hub").chain(args.iter().copied());
-        Cli::try_parse_from(argv)
-            .map(|c| c.hub)
-            .map_err(|e| e.to_string())
+        Cli::try_parse_from(argv).map(|c| c.hub).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -184,37 +165,20 @@ mod tests {
         ])
         .unwrap();
         let cfg = args.into_config().unwrap();
-        assert_eq!(
-            cfg.tokens,
-            vec![
-                ("alice".into(), TokenScope::Write),
-                ("bob".into(), TokenScope::Read)
-            ]
-        );
+        assert_eq!(cfg.tokens, vec![("alice".into(), TokenScope::Write), ("bob".into(), TokenScope::Read)]);
         assert_eq!(cfg.imports.len(), 4);
         assert_eq!(
             cfg.imports[1],
-            Import::Repo {
-                kind: RepoKind::Model,
-                id: "ns/m".into(),
-                dir: "/src/v1".into(),
-                tag: Some("v1".into())
-            }
+            Import::Repo { kind: RepoKind::Model, id: "ns/m".into(), dir: "/src/v1".into(), tag: Some("v1".into()) }
         );
         assert_eq!((cfg.latency_ms, cfg.fail_rate, cfg.page_size), (5, 0.25, 3));
         assert_eq!(cfg.synthetic_buckets, vec![("big/one".into(), 2500)]);
-        assert_eq!(
-            cfg.private,
-            vec!["ns/b".to_string(), "models/ns/m".to_string()]
-        );
+        assert_eq!(cfg.private, vec!["ns/b".to_string(), "models/ns/m".to_string()]);
     }
 
     #[test]
     fn defaults() {
-        let cfg = parse(&["--data-dir", "/tmp/d"])
-            .unwrap()
-            .into_config()
-            .unwrap();
+        let cfg = parse(&["--data-dir", "/tmp/d"]).unwrap().into_config().unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:7860".parse().unwrap());
         assert_eq!(cfg.page_size, DEFAULT_PAGE_SIZE);
         assert!(cfg.tokens.is_empty() && cfg.imports.is_empty());
@@ -234,10 +198,7 @@ mod tests {
             ("--listen", "nowhere"),
         ] {
             let err = parse(&["--data-dir=/tmp/d", &format!("{flag}={value}")]).unwrap_err();
-            assert!(
-                err.contains(flag) && err.contains(value),
-                "{flag}={value}: {err}"
-            );
+            assert!(err.contains(flag) && err.contains(value), "{flag}={value}: {err}");
         }
     }
 
@@ -245,12 +206,7 @@ mod tests {
     fn cross_flag_conflicts_are_rejected() {
         let args = parse(&["--data-dir=/tmp/d", "--token=a:read", "--token=a:write"]).unwrap();
         assert!(args.into_config().unwrap_err().contains("twice"));
-        let args = parse(&[
-            "--data-dir=/tmp/d",
-            "--import-bucket=s/b=/x",
-            "--synthetic-bucket=s/b=5",
-        ])
-        .unwrap();
+        let args = parse(&["--data-dir=/tmp/d", "--import-bucket=s/b=/x", "--synthetic-bucket=s/b=5"]).unwrap();
         assert!(args.into_config().unwrap_err().contains("synthetic"));
     }
 }

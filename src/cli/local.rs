@@ -40,65 +40,33 @@ pub async fn run(args: LocalArgs) -> Result<(), String> {
     cfg.listen = args.listen;
     cfg.tokens = vec![(TOKEN_NAME.to_string(), TokenScope::Write)];
     cfg.imports = vec![
-        Import::Bucket {
-            id: BUCKET.into(),
-            dir: bucket_src,
-        },
-        Import::Repo {
-            kind: RepoKind::Model,
-            id: MODEL.into(),
-            dir: model_v1,
-            tag: Some("v1".into()),
-        },
-        Import::Repo {
-            kind: RepoKind::Model,
-            id: MODEL.into(),
-            dir: model_v2,
-            tag: None,
-        },
+        Import::Bucket { id: BUCKET.into(), dir: bucket_src },
+        Import::Repo { kind: RepoKind::Model, id: MODEL.into(), dir: model_v1, tag: Some("v1".into()) },
+        Import::Repo { kind: RepoKind::Model, id: MODEL.into(), dir: model_v2, tag: None },
     ];
     eprintln!("hf-csi local: starting the Hub emulator (first run uploads the demo data)...");
-    let hub = Emulator::start(cfg)
-        .await
-        .map_err(|e| format!("starting the Hub emulator: {e}"))?;
+    let hub = Emulator::start(cfg).await.map_err(|e| format!("starting the Hub emulator: {e}"))?;
     let endpoint = hub.endpoint();
 
     let cache_dir = state.join("cache");
-    let cache = ContentCache::open(&cache_dir.join("content"), 1 << 30)
-        .map_err(|e| format!("{}: {e}", cache_dir.display()))?;
+    let cache =
+        ContentCache::open(&cache_dir.join("content"), 1 << 30).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
     let spec = |source: Source, mp: &str| -> Result<MountSpec, String> {
         let mountpoint = dir.join(mp);
         release_stale_mount(&mountpoint);
-        std::fs::create_dir_all(&mountpoint)
-            .map_err(|e| format!("{}: {e}", mountpoint.display()))?;
-        // SAFETY: getuid/getgid have no preconditions.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Ok(MountSpec {
-            source,
-            mountpoint,
-            endpoint: endpoint.clone(),
-            token_file: Some(token_file.clone()),
-            cache_dir: cache_dir.clone(),
-            cache_size: 1 << 30,
-            uid,
-            gid,
-            read_only: false,
-            metadata_ttl: Duration::from_secs(2),
-            poll_interval: Some(Duration::from_secs(5)),
-            allow_other: true,
-        })
+        std::fs::create_dir_all(&mountpoint).map_err(|e| format!("{}: {e}", mountpoint.display()))?;
+        let mut spec = MountSpec::new(source, mountpoint, endpoint.clone(), cache_dir.clone());
+        spec.token_file = Some(token_file.clone());
+        spec.cache_size = 1 << 30;
+        spec.metadata_ttl = Duration::from_secs(2);
+        spec.poll_interval = Some(Duration::from_secs(5));
+        spec.flush_debounce = Duration::from_millis(500);
+        spec.max_staging_size = 256 << 20;
+        Ok(spec)
     };
-    let bucket_spec = spec(
-        Source::parse_bucket(BUCKET).map_err(|e| e.to_string())?,
-        "bucket",
-    )?;
-    let model_spec = spec(
-        Source::parse_repo(MODEL, "main").map_err(|e| e.to_string())?,
-        "model",
-    )?;
-    let bucket = mount::start(&bucket_spec, Some(cache.clone()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let bucket_spec = spec(Source::parse_bucket(BUCKET).map_err(|e| e.to_string())?, "bucket")?;
+    let model_spec = spec(Source::parse_repo(MODEL, "main").map_err(|e| e.to_string())?, "model")?;
+    let bucket = mount::start(&bucket_spec, Some(cache.clone())).await.map_err(|e| e.to_string())?;
     let model = match mount::start(&model_spec, Some(cache.clone())).await {
         Ok(m) => m,
         Err(e) => {
@@ -116,11 +84,7 @@ pub async fn run(args: LocalArgs) -> Result<(), String> {
 
 fn print_banner(dir: &Path, endpoint: &str, token: &Path, bucket: &Mounted, model: &Mounted) {
     let d = dir.display();
-    let rw = if bucket.fs.config().read_only {
-        "read-only for now"
-    } else {
-        "read-write"
-    };
+    let rw = if bucket.fs.config().read_only() { "read-only for now" } else { "read-write" };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -143,7 +107,11 @@ fn print_banner(dir: &Path, endpoint: &str, token: &Path, bucket: &Mounted, mode
 
 async fn unmount_all(mounts: Vec<Mounted>) {
     for m in mounts {
-        let _ = tokio::task::spawn_blocking(move || m.unmount()).await;
+        match m.unmount().await {
+            Ok(0) => {}
+            Ok(left) => eprintln!("hf-csi local: {left} staged change(s) not committed; kept for the next run"),
+            Err(e) => eprintln!("hf-csi local: unmount failed: {e}"),
+        }
     }
 }
 
@@ -182,39 +150,18 @@ fn write_demo_data(root: &Path) -> std::io::Result<(PathBuf, PathBuf, PathBuf)> 
             bucket.join("README.md"),
             b"# demo/scratch\n\nA read-write bucket served by the local Hub emulator.\n".to_vec(),
         ),
-        (
-            bucket.join("notes/hello.txt"),
-            b"hello from a Hugging Face bucket\n".to_vec(),
-        ),
+        (bucket.join("notes/hello.txt"), b"hello from a Hugging Face bucket\n".to_vec()),
         (
             bucket.join("data/numbers.csv"),
-            (0..1000)
-                .map(|i| format!("{i},{}\n", i * i))
-                .collect::<String>()
-                .into_bytes(),
+            (0..1000).map(|i| format!("{i},{}\n", i * i)).collect::<String>().into_bytes(),
         ),
         (bucket.join("data/sample.bin"), noise(3 << 20, 1)),
-        (
-            v1.join("config.json"),
-            br#"{"model_type": "tiny", "hidden_size": 64, "version": 1}"#.to_vec(),
-        ),
-        (
-            v1.join("README.md"),
-            b"# tiny-model\n\nFirst release.\n".to_vec(),
-        ),
+        (v1.join("config.json"), br#"{"model_type": "tiny", "hidden_size": 64, "version": 1}"#.to_vec()),
+        (v1.join("README.md"), b"# tiny-model\n\nFirst release.\n".to_vec()),
         (v1.join("model.safetensors"), noise(12 << 20, 2)),
-        (
-            v2.join("config.json"),
-            br#"{"model_type": "tiny", "hidden_size": 64, "version": 2}"#.to_vec(),
-        ),
-        (
-            v2.join("README.md"),
-            b"# tiny-model\n\nSecond release: same weights, new config.\n".to_vec(),
-        ),
-        (
-            v2.join("tokenizer.json"),
-            br#"{"vocab": {"<pad>": 0, "hello": 1, "world": 2}}"#.to_vec(),
-        ),
+        (v2.join("config.json"), br#"{"model_type": "tiny", "hidden_size": 64, "version": 2}"#.to_vec()),
+        (v2.join("README.md"), b"# tiny-model\n\nSecond release: same weights, new config.\n".to_vec()),
+        (v2.join("tokenizer.json"), br#"{"vocab": {"<pad>": 0, "hello": 1, "world": 2}}"#.to_vec()),
         (v2.join("model.safetensors"), noise(12 << 20, 2)),
     ];
     for (p, data) in files {

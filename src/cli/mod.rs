@@ -11,19 +11,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "hf-csi",
-    version,
-    about = "Hugging Face buckets and repos as POSIX volumes"
-)]
+#[command(name = "hf-csi", version, about = "Hugging Face buckets and repos as POSIX volumes")]
 struct Cli {
     /// Log filter (tracing syntax), e.g. `hf_csi=debug`; `RUST_LOG` overrides it.
-    #[arg(
-        long,
-        global = true,
-        env = "HF_CSI_LOG",
-        default_value = "warn,hf_csi=info"
-    )]
+    #[arg(long, global = true, env = "HF_CSI_LOG", default_value = "warn,hf_csi=info")]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -46,11 +37,7 @@ pub fn main() -> ExitCode {
     // Never pick up a token the user did not name (`~/.cache/huggingface/token`).
     // SAFETY: no other thread exists yet.
     unsafe { std::env::set_var("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1") };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("hf-csi")
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("hf-csi").build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -76,22 +63,15 @@ pub fn main() -> ExitCode {
 
 fn init_logging(filter: &str) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 /// Wait for SIGINT or SIGTERM, or until `finished()` says the work ended by itself.
 pub(crate) async fn wait_for_shutdown(finished: impl Fn() -> bool) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

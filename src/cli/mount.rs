@@ -71,6 +71,27 @@ pub struct CommonArgs {
     /// Only the mounting user may access the mount (default: everyone, as in a pod).
     #[arg(long)]
     pub no_allow_other: bool,
+    /// Keep every change in a local upper layer over the bucket or repo; never upload.
+    #[arg(long)]
+    pub no_push: bool,
+    /// Where a --no-push mount keeps its upper layer (default: <cache-dir>/overlay/<source>).
+    #[arg(long, requires = "no_push")]
+    pub overlay_dir: Option<PathBuf>,
+    /// Quiet time after a close before a file is committed (batches bursts).
+    #[arg(long, default_value_t = 2000)]
+    pub flush_debounce_ms: u64,
+    /// A file dirty this long is committed even while it keeps changing.
+    #[arg(long, default_value_t = 60)]
+    pub flush_max_window_secs: u64,
+    /// How long unmount waits for staged changes to be committed.
+    #[arg(long, default_value_t = 60)]
+    pub flush_timeout_secs: u64,
+    /// Garbage-collect clean staged files above this size, e.g. 5G (0 = keep them).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    pub max_staging_size: u64,
+    /// Hard cap on the staging area; writes beyond it fail with ENOSPC (0 = none).
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    pub staging_quota: u64,
 }
 
 /// Where local state goes by default.
@@ -82,34 +103,19 @@ fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(x).join("hf-csi");
     }
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/hf-csi"))
-        .unwrap_or_else(|| "/tmp/hf-csi".into())
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hf-csi")).unwrap_or_else(|| "/tmp/hf-csi".into())
 }
 
 impl MountTarget {
     /// Validate everything into a [`MountSpec`].
     pub fn into_spec(self) -> Result<MountSpec, String> {
         let (source, mountpoint, common) = match self {
-            MountTarget::Bucket {
-                source,
-                mountpoint,
-                common,
-            } => (
-                Source::parse_bucket(&source).map_err(|e| e.to_string())?,
-                mountpoint,
-                common,
-            ),
-            MountTarget::Repo {
-                source,
-                mountpoint,
-                revision,
-                common,
-            } => (
-                Source::parse_repo(&source, &revision).map_err(|e| e.to_string())?,
-                mountpoint,
-                common,
-            ),
+            MountTarget::Bucket { source, mountpoint, common } => {
+                (Source::parse_bucket(&source).map_err(|e| e.to_string())?, mountpoint, common)
+            }
+            MountTarget::Repo { source, mountpoint, revision, common } => {
+                (Source::parse_repo(&source, &revision).map_err(|e| e.to_string())?, mountpoint, common)
+            }
         };
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -124,9 +130,15 @@ impl MountTarget {
             gid: common.gid.unwrap_or(gid),
             read_only: common.read_only,
             metadata_ttl: Duration::from_millis(common.metadata_ttl_ms),
-            poll_interval: (common.poll_interval_secs > 0)
-                .then(|| Duration::from_secs(common.poll_interval_secs)),
+            poll_interval: (common.poll_interval_secs > 0).then(|| Duration::from_secs(common.poll_interval_secs)),
             allow_other: !common.no_allow_other,
+            no_push: common.no_push,
+            overlay_dir: common.overlay_dir,
+            flush_debounce: Duration::from_millis(common.flush_debounce_ms),
+            flush_max_window: Duration::from_secs(common.flush_max_window_secs),
+            flush_timeout: Duration::from_secs(common.flush_timeout_secs),
+            max_staging_size: common.max_staging_size,
+            staging_quota: common.staging_quota,
         })
     }
 }
@@ -135,17 +147,16 @@ impl MountTarget {
 pub async fn run(args: MountArgs) -> Result<(), String> {
     let spec = args.target.into_spec()?;
     let mounted = mount::start(&spec, None).await.map_err(|e| e.to_string())?;
-    println!(
-        "hf-csi: mounted {} at {}",
-        mounted.description,
-        spec.mountpoint.display()
-    );
+    println!("hf-csi: mounted {} at {}", mounted.description, spec.mountpoint.display());
     super::wait_for_shutdown(|| mounted.is_finished()).await;
     let mp = spec.mountpoint.display().to_string();
-    tokio::task::spawn_blocking(move || mounted.unmount())
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("unmounting {mp}: {e}"))?;
+    let left = mounted.unmount().await.map_err(|e| format!("unmounting {mp}: {e}"))?;
+    if left > 0 {
+        return Err(format!(
+            "unmounted {mp}, but {left} staged change(s) could not be committed in time; they are kept in {} and committed on the next mount",
+            spec.layer_dir().display()
+        ));
+    }
     eprintln!("hf-csi: unmounted {mp}");
     Ok(())
 }

@@ -3,28 +3,17 @@
 /// Parse a byte size; units are powers of 1024 (`K`, `M`, `G`, `T`, optional `i`/`B`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (expected e.g. 1048576, 512M or 10G)"))?;
-    let mult: u64 = match unit
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches('B')
-        .trim_end_matches('I')
-    {
+    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (expected e.g. 1048576, 512M or 10G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
         "" => 1,
         "K" => 1 << 10,
         "M" => 1 << 20,
         "G" => 1 << 30,
         "T" => 1 << 40,
         _ => {
-            return Err(format!(
-                "{s:?}: unknown size unit {unit:?} (use K, M, G or T)"
-            ));
+            return Err(format!("{s:?}: unknown size unit {unit:?} (use K, M, G or T)"));
         }
     };
     let bytes = value * mult as f64;

@@ -35,9 +35,9 @@ impl Principal {
     /// May this caller read a resource with the given visibility?
     pub fn check_read(self, private: bool, what: &str) -> Result<()> {
         match (self, private) {
-            (Principal::Anonymous, true) => Err(EmulatorError::Unauthorized(format!(
-                "{what} is private; authentication required"
-            ))),
+            (Principal::Anonymous, true) => {
+                Err(EmulatorError::Unauthorized(format!("{what} is private; authentication required")))
+            }
             _ => Ok(()),
         }
     }
@@ -46,12 +46,10 @@ impl Principal {
     pub fn check_write(self, what: &str) -> Result<()> {
         match self {
             Principal::Token(TokenScope::Write) => Ok(()),
-            Principal::Token(TokenScope::Read) => Err(EmulatorError::Forbidden(format!(
-                "a read token cannot {what}; use a write token"
-            ))),
-            Principal::Anonymous => Err(EmulatorError::Unauthorized(format!(
-                "authentication required to {what}"
-            ))),
+            Principal::Token(TokenScope::Read) => {
+                Err(EmulatorError::Forbidden(format!("a read token cannot {what}; use a write token")))
+            }
+            Principal::Anonymous => Err(EmulatorError::Unauthorized(format!("authentication required to {what}"))),
         }
     }
 
@@ -78,10 +76,7 @@ impl Auth {
                 s
             }
         };
-        Ok(Self {
-            tokens: tokens.iter().cloned().collect(),
-            secret,
-        })
+        Ok(Self { tokens: tokens.iter().cloned().collect(), secret })
     }
 
     /// Identifies the caller of an API request; an unknown or malformed token is 401.
@@ -99,25 +94,17 @@ impl Auth {
     pub fn issue_cas_token(&self, scope: TokenScope) -> (String, u64) {
         let exp = now_secs() + CAS_TOKEN_TTL_SECS;
         let s = scope_char(scope);
-        (
-            format!("xetcas.{s}.{exp}.{}", self.mac(&format!("cas|{s}|{exp}"))),
-            exp,
-        )
+        (format!("xetcas.{s}.{exp}.{}", self.mac(&format!("cas|{s}|{exp}"))), exp)
     }
 
     /// Checks the CAS token of a CAS request and returns its scope.
     pub fn cas_scope(&self, headers: &HeaderMap) -> Result<TokenScope> {
-        let unauthorized =
-            || EmulatorError::Unauthorized("a valid CAS access token is required".to_string());
+        let unauthorized = || EmulatorError::Unauthorized("a valid CAS access token is required".to_string());
         let token = bearer(headers)?.ok_or_else(unauthorized)?;
         let mut parts = token.split('.');
-        let (Some("xetcas"), Some(s), Some(exp), Some(mac), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some("xetcas"), Some(s), Some(exp), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(unauthorized());
         };
         let exp: u64 = exp.parse().map_err(|_| unauthorized())?;
@@ -126,16 +113,11 @@ impl Auth {
             "w" => TokenScope::Write,
             _ => return Err(unauthorized()),
         };
-        if !constant_time_eq(
-            mac.as_bytes(),
-            self.mac(&format!("cas|{s}|{exp}")).as_bytes(),
-        ) {
+        if !constant_time_eq(mac.as_bytes(), self.mac(&format!("cas|{s}|{exp}")).as_bytes()) {
             return Err(unauthorized());
         }
         if exp < now_secs() {
-            return Err(EmulatorError::Unauthorized(
-                "CAS access token expired".to_string(),
-            ));
+            return Err(EmulatorError::Unauthorized("CAS access token expired".to_string()));
         }
         Ok(scope)
     }
@@ -153,9 +135,7 @@ impl Auth {
     /// is missing, wrong or expired, as object stores answer).
     pub fn check_signed_url(&self, path_and_query: &str) -> Result<()> {
         let denied = |why: &str| EmulatorError::Forbidden(format!("signed CAS URL {why}"));
-        let at = path_and_query
-            .rfind(&format!("{SIG_EXP}="))
-            .ok_or_else(|| denied("required"))?;
+        let at = path_and_query.rfind(&format!("{SIG_EXP}=")).ok_or_else(|| denied("required"))?;
         let signed = path_and_query
             .get(..at.saturating_sub(1))
             .filter(|_| at > 0 && matches!(path_and_query.as_bytes()[at - 1], b'?' | b'&'))
@@ -172,10 +152,7 @@ impl Auth {
         let (Some(exp), Some(sig)) = (exp, sig) else {
             return Err(denied("is malformed"));
         };
-        if !constant_time_eq(
-            sig.as_bytes(),
-            self.mac(&format!("url|{signed}|{exp}")).as_bytes(),
-        ) {
+        if !constant_time_eq(sig.as_bytes(), self.mac(&format!("url|{signed}|{exp}")).as_bytes()) {
             return Err(denied("has a bad signature"));
         }
         if exp < now_secs() {
@@ -217,16 +194,9 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let bad = || {
-        EmulatorError::Unauthorized(
-            "malformed Authorization header; expected 'Bearer TOKEN'".to_string(),
-        )
-    };
+    let bad = || EmulatorError::Unauthorized("malformed Authorization header; expected 'Bearer TOKEN'".to_string());
     let value = value.to_str().map_err(|_| bad())?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .ok_or_else(bad)?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).ok_or_else(bad)?;
     let token = token.trim();
     if token.is_empty() {
         return Err(bad());
@@ -249,12 +219,7 @@ fn fresh_secret(data_dir: &Path) -> Vec<u8> {
     if random.is_ok() {
         return key.to_vec();
     }
-    let seed = format!(
-        "{}|{}|{}",
-        data_dir.display(),
-        std::process::id(),
-        super::timefmt::now_ms()
-    );
+    let seed = format!("{}|{}|{}", data_dir.display(), std::process::id(), super::timefmt::now_ms());
     Sha256::digest(seed.as_bytes()).to_vec()
 }
 
@@ -274,30 +239,12 @@ mod tests {
     fn api_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let auth = Auth::load(dir.path(), &[("w1".into(), TokenScope::Write)]).unwrap();
-        assert_eq!(
-            auth.principal(&HeaderMap::new()).unwrap(),
-            Principal::Anonymous
-        );
-        assert_eq!(
-            auth.principal(&headers("Bearer w1")).unwrap(),
-            Principal::Token(TokenScope::Write)
-        );
-        assert!(matches!(
-            auth.principal(&headers("Bearer nope")),
-            Err(EmulatorError::Unauthorized(_))
-        ));
-        assert!(matches!(
-            auth.principal(&headers("Basic x")),
-            Err(EmulatorError::Unauthorized(_))
-        ));
-        assert!(matches!(
-            Principal::Token(TokenScope::Read).check_write("x"),
-            Err(EmulatorError::Forbidden(_))
-        ));
-        assert!(matches!(
-            Principal::Anonymous.check_read(true, "x"),
-            Err(EmulatorError::Unauthorized(_))
-        ));
+        assert_eq!(auth.principal(&HeaderMap::new()).unwrap(), Principal::Anonymous);
+        assert_eq!(auth.principal(&headers("Bearer w1")).unwrap(), Principal::Token(TokenScope::Write));
+        assert!(matches!(auth.principal(&headers("Bearer nope")), Err(EmulatorError::Unauthorized(_))));
+        assert!(matches!(auth.principal(&headers("Basic x")), Err(EmulatorError::Unauthorized(_))));
+        assert!(matches!(Principal::Token(TokenScope::Read).check_write("x"), Err(EmulatorError::Forbidden(_))));
+        assert!(matches!(Principal::Anonymous.check_read(true, "x"), Err(EmulatorError::Unauthorized(_))));
     }
 
     #[test]
@@ -308,21 +255,14 @@ mod tests {
         let pq = url.strip_prefix("http://127.0.0.1:9").unwrap();
         auth.check_signed_url(pq).unwrap();
         let grant = auth.sign_url("http://h/simulation/xorb-uploads/g1");
-        auth.check_signed_url(grant.strip_prefix("http://h").unwrap())
-            .unwrap();
+        auth.check_signed_url(grant.strip_prefix("http://h").unwrap()).unwrap();
         for bad in [
             "/v1/fetch_term?term=abc".to_string(),
             pq.replace("term=abc", "term=abd"),
             pq.replace("x-emulator-signature=", "x-emulator-signature=0"),
             format!("{pq}&more=1"),
         ] {
-            assert!(
-                matches!(
-                    auth.check_signed_url(&bad),
-                    Err(EmulatorError::Forbidden(_))
-                ),
-                "{bad}"
-            );
+            assert!(matches!(auth.check_signed_url(&bad), Err(EmulatorError::Forbidden(_))), "{bad}");
         }
     }
 
@@ -332,22 +272,11 @@ mod tests {
         let auth = Auth::load(dir.path(), &[]).unwrap();
         let (tok, exp) = auth.issue_cas_token(TokenScope::Write);
         assert!(exp > now_secs());
-        assert_eq!(
-            auth.cas_scope(&headers(&format!("Bearer {tok}"))).unwrap(),
-            TokenScope::Write
-        );
+        assert_eq!(auth.cas_scope(&headers(&format!("Bearer {tok}"))).unwrap(), TokenScope::Write);
         let reloaded = Auth::load(dir.path(), &[]).unwrap();
-        assert_eq!(
-            reloaded
-                .cas_scope(&headers(&format!("Bearer {tok}")))
-                .unwrap(),
-            TokenScope::Write
-        );
+        assert_eq!(reloaded.cas_scope(&headers(&format!("Bearer {tok}"))).unwrap(), TokenScope::Write);
         let forged = tok.replacen("xetcas.w.", "xetcas.r.", 1);
-        assert!(
-            auth.cas_scope(&headers(&format!("Bearer {forged}")))
-                .is_err()
-        );
+        assert!(auth.cas_scope(&headers(&format!("Bearer {forged}"))).is_err());
         let other = Auth::load(tempfile::tempdir().unwrap().path(), &[]).unwrap();
         assert!(other.cas_scope(&headers(&format!("Bearer {tok}"))).is_err());
         assert!(auth.cas_scope(&HeaderMap::new()).is_err());

@@ -62,13 +62,10 @@ struct Add {
 /// Validates and applies a batch to bucket `id`; returns the number of operations.
 pub async fn apply(s: &Shared, who: Principal, id: &str, body: &[u8]) -> Result<usize> {
     if s.synthetic.contains_key(id) {
-        return Err(EmulatorError::Forbidden(format!(
-            "bucket {id} is synthetic and read-only"
-        )));
+        return Err(EmulatorError::Forbidden(format!("bucket {id} is synthetic and read-only")));
     }
     with_bucket(s, id, who, |_| Ok(()))?;
-    let text = std::str::from_utf8(body)
-        .map_err(|_| EmulatorError::BadRequest("batch body is not UTF-8".into()))?;
+    let text = std::str::from_utf8(body).map_err(|_| EmulatorError::BadRequest("batch body is not UTF-8".into()))?;
     let ops = parse(text)?;
 
     // Validate content against the CAS without holding the state lock.
@@ -80,43 +77,20 @@ pub async fn apply(s: &Shared, who: Principal, id: &str, body: &[u8]) -> Result<
         let line = *line;
         let at = |e: EmulatorError| at_line(line, e);
         match op {
-            Op::Add {
-                path,
-                xet_hash,
-                size,
-                mtime,
-                content_type,
-            }
-            | Op::Copy {
-                path,
-                xet_hash,
-                size,
-                mtime,
-                content_type,
-                ..
-            } => {
+            Op::Add { path, xet_hash, size, mtime, content_type }
+            | Op::Copy { path, xet_hash, size, mtime, content_type, .. } => {
                 validate_path(path, "path").map_err(at)?;
-                if let Op::Copy {
-                    source_repo_type,
-                    source_repo_id,
-                    ..
-                } = op
-                {
+                if let Op::Copy { source_repo_type, source_repo_id, .. } = op {
                     check_source(s, who, source_repo_type, source_repo_id).map_err(at)?;
                 }
                 let actual = match sizes.get(xet_hash) {
                     Some(n) => *n,
                     None => {
-                        let n = s
-                            .cas
-                            .file_size(xet_hash)
-                            .await
-                            .map_err(at)?
-                            .ok_or_else(|| {
-                                at(EmulatorError::Unprocessable(format!(
-                                    "xetHash {xet_hash} is not in the CAS; upload it first"
-                                )))
-                            })?;
+                        let n = s.cas.file_size(xet_hash).await.map_err(at)?.ok_or_else(|| {
+                            at(EmulatorError::Unprocessable(format!(
+                                "xetHash {xet_hash} is not in the CAS; upload it first"
+                            )))
+                        })?;
                         sizes.insert(xet_hash.clone(), n);
                         n
                     }
@@ -152,10 +126,7 @@ pub async fn apply(s: &Shared, who: Principal, id: &str, body: &[u8]) -> Result<
     // Build the new version aside and persist it before it becomes visible, so a failed
     // write leaves memory and disk as they were.
     let mut state = s.store.write();
-    let current = state
-        .buckets
-        .get(id)
-        .ok_or_else(|| EmulatorError::bucket_not_found(id))?;
+    let current = state.buckets.get(id).ok_or_else(|| EmulatorError::bucket_not_found(id))?;
     check_shape(&current.files, &adds, &deletes)?;
     let mut next = current.clone();
     for (path, add) in adds {
@@ -178,9 +149,7 @@ fn parse(text: &str) -> Result<Vec<(usize, Op)>> {
         .map(|(i, l)| {
             serde_json::from_str::<Op>(l)
                 .map(|op| (i + 1, op))
-                .map_err(|e| {
-                    EmulatorError::BadRequest(format!("line {}: invalid operation: {e}", i + 1))
-                })
+                .map_err(|e| EmulatorError::BadRequest(format!("line {}: invalid operation: {e}", i + 1)))
         })
         .collect()
 }
@@ -188,12 +157,8 @@ fn parse(text: &str) -> Result<Vec<(usize, Op)>> {
 fn at_line(line: usize, e: EmulatorError) -> EmulatorError {
     match e {
         EmulatorError::BadRequest(m) => EmulatorError::BadRequest(format!("line {line}: {m}")),
-        EmulatorError::Unprocessable(m) => {
-            EmulatorError::Unprocessable(format!("line {line}: {m}"))
-        }
-        EmulatorError::NotFound { message, .. } => {
-            EmulatorError::BadRequest(format!("line {line}: {message}"))
-        }
+        EmulatorError::Unprocessable(m) => EmulatorError::Unprocessable(format!("line {line}: {m}")),
+        EmulatorError::NotFound { message, .. } => EmulatorError::BadRequest(format!("line {line}: {message}")),
         EmulatorError::Unauthorized(m) | EmulatorError::Forbidden(m) => {
             EmulatorError::Forbidden(format!("line {line}: {m}"))
         }
@@ -216,10 +181,7 @@ fn check_source(s: &Shared, who: Principal, kind: &str, id: &str) -> Result<()> 
         }
     };
     let state = s.store.read();
-    let repo = state
-        .repos
-        .get(&(repo_kind, id.to_string()))
-        .ok_or_else(|| EmulatorError::repo_not_found(id))?;
+    let repo = state.repos.get(&(repo_kind, id.to_string())).ok_or_else(|| EmulatorError::repo_not_found(id))?;
     who.check_read(repo.private, &format!("repository {id}"))
 }
 
@@ -229,8 +191,7 @@ fn check_shape(
     adds: &BTreeMap<String, Add>,
     deletes: &BTreeSet<String>,
 ) -> Result<()> {
-    let exists_after =
-        |p: &str| !deletes.contains(p) && (adds.contains_key(p) || files.contains_key(p));
+    let exists_after = |p: &str| !deletes.contains(p) && (adds.contains_key(p) || files.contains_key(p));
     for (path, add) in adds {
         if deletes.contains(path) {
             continue;
@@ -247,17 +208,11 @@ fn check_shape(
         }
         let under = format!("{path}/");
         let below = files
-            .range::<str, _>((
-                std::ops::Bound::Included(under.as_str()),
-                std::ops::Bound::Unbounded,
-            ))
+            .range::<str, _>((std::ops::Bound::Included(under.as_str()), std::ops::Bound::Unbounded))
             .map(|(k, _)| k)
             .chain(
-                adds.range::<str, _>((
-                    std::ops::Bound::Included(under.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .map(|(k, _)| k),
+                adds.range::<str, _>((std::ops::Bound::Included(under.as_str()), std::ops::Bound::Unbounded))
+                    .map(|(k, _)| k),
             )
             .take_while(|k| k.starts_with(&under))
             .find(|k| exists_after(k));
@@ -276,13 +231,7 @@ mod tests {
     use super::*;
 
     fn file() -> BucketFile {
-        BucketFile {
-            xet_hash: "h".into(),
-            size: 1,
-            mtime_ms: 0,
-            uploaded_ms: 0,
-            content_type: None,
-        }
+        BucketFile { xet_hash: "h".into(), size: 1, mtime_ms: 0, uploaded_ms: 0, content_type: None }
     }
 
     #[test]
@@ -290,23 +239,14 @@ mod tests {
         let ops = parse("{\"type\":\"addFile\",\"path\":\"a\",\"xetHash\":\"h\",\"mtime\":5}\n\n{\"type\":\"deleteFile\",\"path\":\"b\"}\n").unwrap();
         assert_eq!(ops.len(), 2);
         assert_eq!(ops[1].0, 3);
-        let err = parse("{\"type\":\"deleteFile\",\"path\":\"b\"}\n{\"type\":\"renameFile\"}")
-            .unwrap_err();
+        let err = parse("{\"type\":\"deleteFile\",\"path\":\"b\"}\n{\"type\":\"renameFile\"}").unwrap_err();
         assert!(err.to_string().starts_with("line 2:"), "{err}");
     }
 
     #[test]
     fn shape_conflicts() {
         let files: BTreeMap<String, BucketFile> = [("a/b".to_string(), file())].into();
-        let add = |p: &str| {
-            (
-                p.to_string(),
-                Add {
-                    line: 1,
-                    file: file(),
-                },
-            )
-        };
+        let add = |p: &str| (p.to_string(), Add { line: 1, file: file() });
         // A file where a directory is.
         assert!(check_shape(&files, &[add("a")].into(), &BTreeSet::new()).is_err());
         // Fine once the directory's only file is deleted in the same batch.
@@ -314,14 +254,7 @@ mod tests {
         // A file under a file.
         assert!(check_shape(&files, &[add("a/b/c")].into(), &BTreeSet::new()).is_err());
         // Two adds conflicting with each other.
-        assert!(
-            check_shape(
-                &BTreeMap::new(),
-                &[add("x"), add("x/y")].into(),
-                &BTreeSet::new()
-            )
-            .is_err()
-        );
+        assert!(check_shape(&BTreeMap::new(), &[add("x"), add("x/y")].into(), &BTreeSet::new()).is_err());
         assert!(check_shape(&files, &[add("a/c")].into(), &BTreeSet::new()).is_ok());
     }
 }

@@ -34,22 +34,8 @@ pub enum View<'a> {
 impl View<'_> {
     pub fn info_json(&self) -> Value {
         let (id, private, created, updated, size, files) = match self {
-            View::Stored(b) => (
-                &b.id,
-                b.private,
-                b.created_ms,
-                b.updated_ms,
-                b.total_size,
-                b.files.len() as u64,
-            ),
-            View::Synthetic(b) => (
-                &b.id,
-                b.private,
-                b.created_ms,
-                b.created_ms,
-                b.total_size(),
-                b.count,
-            ),
+            View::Stored(b) => (&b.id, b.private, b.created_ms, b.updated_ms, b.total_size, b.files.len() as u64),
+            View::Synthetic(b) => (&b.id, b.private, b.created_ms, b.created_ms, b.total_size(), b.count),
         };
         json!({
             "id": id,
@@ -62,26 +48,10 @@ impl View<'_> {
     }
 
     /// A page of the tree, or the entry at one path.
-    fn page(
-        &self,
-        scope: &Scope,
-        params: &ListParams,
-    ) -> (Vec<Item<BucketFile>>, Option<super::listing::Cursor>) {
+    fn page(&self, scope: &Scope, params: &ListParams) -> (Vec<Item<BucketFile>>, Option<super::listing::Cursor>) {
         match self {
-            View::Stored(b) => page(
-                &b.files,
-                scope,
-                params.recursive,
-                params.cursor.as_ref(),
-                params.limit,
-            ),
-            View::Synthetic(b) => page(
-                *b,
-                scope,
-                params.recursive,
-                params.cursor.as_ref(),
-                params.limit,
-            ),
+            View::Stored(b) => page(&b.files, scope, params.recursive, params.cursor.as_ref(), params.limit),
+            View::Synthetic(b) => page(*b, scope, params.recursive, params.cursor.as_ref(), params.limit),
         }
     }
 
@@ -108,21 +78,13 @@ pub fn bucket_id(ns: &str, name: &str) -> Result<String> {
 }
 
 /// Runs `f` on bucket `id` after checking that `who` may read it.
-pub fn with_bucket<T>(
-    s: &Shared,
-    id: &str,
-    who: Principal,
-    f: impl FnOnce(View<'_>) -> Result<T>,
-) -> Result<T> {
+pub fn with_bucket<T>(s: &Shared, id: &str, who: Principal, f: impl FnOnce(View<'_>) -> Result<T>) -> Result<T> {
     if let Some(b) = s.synthetic.get(id) {
         who.check_read(b.private, &format!("bucket {id}"))?;
         return f(View::Synthetic(b));
     }
     let state = s.store.read();
-    let b = state
-        .buckets
-        .get(id)
-        .ok_or_else(|| EmulatorError::bucket_not_found(id))?;
+    let b = state.buckets.get(id).ok_or_else(|| EmulatorError::bucket_not_found(id))?;
     who.check_read(b.private, &format!("bucket {id}"))?;
     f(View::Stored(b))
 }
@@ -162,20 +124,15 @@ pub async fn create(
     let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| EmulatorError::BadRequest(format!("invalid body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| EmulatorError::BadRequest(format!("invalid body: {e}")))?
     };
     if s.synthetic.contains_key(&id) {
-        return Err(EmulatorError::Conflict(format!(
-            "bucket {id} already exists"
-        )));
+        return Err(EmulatorError::Conflict(format!("bucket {id} already exists")));
     }
     {
         let mut state = s.store.write();
         if state.buckets.contains_key(&id) {
-            return Err(EmulatorError::Conflict(format!(
-                "bucket {id} already exists"
-            )));
+            return Err(EmulatorError::Conflict(format!("bucket {id} already exists")));
         }
         let bucket = Bucket::new(&id, body.private, now_ms());
         s.store.save_bucket(&bucket)?;
@@ -207,9 +164,7 @@ pub async fn remove(
     who.check_write("delete a bucket")?;
     let id = bucket_id(&ns, &name)?;
     if s.synthetic.contains_key(&id) {
-        return Err(EmulatorError::Forbidden(format!(
-            "bucket {id} is synthetic and read-only"
-        )));
+        return Err(EmulatorError::Forbidden(format!("bucket {id} is synthetic and read-only")));
     }
     let mut state = s.store.write();
     if !state.buckets.contains_key(&id) {
@@ -234,25 +189,17 @@ pub async fn list(
         None => None,
         Some(super::listing::Cursor::After(id)) => Some(id.clone()),
         Some(_) => {
-            return Err(EmulatorError::BadRequest(
-                "invalid cursor for a bucket list".to_string(),
-            ));
+            return Err(EmulatorError::BadRequest("invalid cursor for a bucket list".to_string()));
         }
     };
     let visible = |private: bool| !private || who.is_authenticated();
     let prefix = format!("{ns}/");
     let mut infos: Vec<(String, Value)> = {
         let state = s.store.read();
-        let stored = state
-            .buckets
-            .values()
-            .filter(|b| visible(b.private))
-            .map(|b| (b.id.clone(), View::Stored(b).info_json()));
-        let synthetic = s
-            .synthetic
-            .values()
-            .filter(|b| visible(b.private))
-            .map(|b| (b.id.clone(), View::Synthetic(b).info_json()));
+        let stored =
+            state.buckets.values().filter(|b| visible(b.private)).map(|b| (b.id.clone(), View::Stored(b).info_json()));
+        let synthetic =
+            s.synthetic.values().filter(|b| visible(b.private)).map(|b| (b.id.clone(), View::Synthetic(b).info_json()));
         stored
             .chain(synthetic)
             .filter(|(id, _)| id.starts_with(&prefix) && after.as_ref().is_none_or(|a| id > a))
@@ -315,13 +262,10 @@ pub struct PathsBody {
 
 /// Parses a paths-info body (`{"paths": [...]}`), checking every path.
 pub fn parse_paths_body(body: &[u8]) -> Result<Vec<String>> {
-    let body: PathsBody = serde_json::from_slice(body).map_err(|e| {
-        EmulatorError::BadRequest(format!("expected a JSON body {{\"paths\": [...]}}: {e}"))
-    })?;
+    let body: PathsBody = serde_json::from_slice(body)
+        .map_err(|e| EmulatorError::BadRequest(format!("expected a JSON body {{\"paths\": [...]}}: {e}")))?;
     if body.paths.len() > MAX_PATHS_INFO {
-        return Err(EmulatorError::BadRequest(format!(
-            "at most {MAX_PATHS_INFO} paths per request"
-        )));
+        return Err(EmulatorError::BadRequest(format!("at most {MAX_PATHS_INFO} paths per request")));
     }
     for p in &body.paths {
         validate_path(p, "path")?;
@@ -341,11 +285,7 @@ pub async fn paths_info(
     let id = bucket_id(&ns, &name)?;
     let paths = parse_paths_body(&body)?;
     let entries = with_bucket(&s, &id, who, |b| {
-        Ok(paths
-            .iter()
-            .filter_map(|p| b.lookup(p))
-            .map(|i| entry_json(&i))
-            .collect::<Vec<_>>())
+        Ok(paths.iter().filter_map(|p| b.lookup(p)).map(|i| entry_json(&i)).collect::<Vec<_>>())
     })?;
     Ok(Json(entries).into_response())
 }
@@ -387,9 +327,7 @@ pub async fn write_token(
     who.check_write("upload to a bucket")?;
     let id = bucket_id(&ns, &name)?;
     if s.synthetic.contains_key(&id) {
-        return Err(EmulatorError::Forbidden(format!(
-            "bucket {id} is synthetic and read-only"
-        )));
+        return Err(EmulatorError::Forbidden(format!("bucket {id} is synthetic and read-only")));
     }
     with_bucket(&s, &id, who, |_| Ok(()))?;
     s.metrics.write(WriteKind::WriteToken);
@@ -399,8 +337,7 @@ pub async fn write_token(
 /// `{casUrl, accessToken, exp}` with a fresh CAS token; the CAS is reached through us.
 pub fn cas_token_response(s: &Shared, headers: &HeaderMap, scope: TokenScope) -> Response {
     let (token, exp) = s.auth.issue_cas_token(scope);
-    Json(json!({ "casUrl": s.public_base(headers), "accessToken": token, "exp": exp }))
-        .into_response()
+    Json(json!({ "casUrl": s.public_base(headers), "accessToken": token, "exp": exp })).into_response()
 }
 
 /// Sets the `Link` header of a paginated response.

@@ -12,9 +12,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use xet::xet_session::{
-    Sha256Policy, XetConfig, XetDownloadStreamGroup, XetFileInfo, XetSession, XetSessionBuilder,
-};
+use xet::xet_session::{Sha256Policy, XetConfig, XetDownloadStreamGroup, XetFileInfo, XetSession, XetSessionBuilder};
 use xet_client::ClientError;
 use xet_client::cas_client::{DirectAccessClient, LocalServer, LocalServerConfig};
 use xet_core_structures::merklehash::MerkleHash;
@@ -59,15 +57,11 @@ fn xet_err(what: &str) -> impl Fn(xet::XetError) -> EmulatorError + '_ {
 impl Cas {
     /// Starts the CAS server with its data in `data_dir/cas` and a client session.
     pub async fn start(data_dir: &Path) -> Result<Self> {
-        let ctx = XetContext::with_config(xet_config())
-            .map_err(|e| EmulatorError::Cas(format!("runtime: {e}")))?;
+        let ctx = XetContext::with_config(xet_config()).map_err(|e| EmulatorError::Cas(format!("runtime: {e}")))?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(|e| EmulatorError::io("binding the internal CAS port", e))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| EmulatorError::io("reading the CAS address", e))?
-            .port();
+        let port = listener.local_addr().map_err(|e| EmulatorError::io("reading the CAS address", e))?.port();
         let server = LocalServer::new(
             ctx,
             LocalServerConfig {
@@ -78,9 +72,7 @@ impl Cas {
             },
         )
         .await
-        .map_err(|e| {
-            EmulatorError::Cas(format!("opening {}: {e}", data_dir.join("cas").display()))
-        })?;
+        .map_err(|e| EmulatorError::Cas(format!("opening {}: {e}", data_dir.join("cas").display())))?;
         let client = server.client();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -102,13 +94,7 @@ impl Cas {
             .build()
             .await
             .map_err(xet_err("creating a download group"))?;
-        Ok(Self {
-            internal_url,
-            client,
-            session,
-            downloads,
-            stop: Mutex::new(Some((tx, task))),
-        })
+        Ok(Self { internal_url, client, session, downloads, stop: Mutex::new(Some((tx, task))) })
     }
 
     /// The size of a stored file, `None` if the CAS does not know the hash.
@@ -132,17 +118,15 @@ impl Cas {
                 .map_err(|e| EmulatorError::Cas(format!("uploading {}: {e}", path.display())))?;
             handles.push(h.task_id());
         }
-        let report = commit
-            .commit()
-            .await
-            .map_err(xet_err("committing an upload"))?;
+        let report = commit.commit().await.map_err(xet_err("committing an upload"))?;
         handles
             .iter()
             .zip(paths)
             .map(|(id, path)| {
-                let meta = report.uploads.get(id).ok_or_else(|| {
-                    EmulatorError::Cas(format!("no upload result for {}", path.display()))
-                })?;
+                let meta = report
+                    .uploads
+                    .get(id)
+                    .ok_or_else(|| EmulatorError::Cas(format!("no upload result for {}", path.display())))?;
                 stored(&meta.xet_info, &path.display().to_string())
             })
             .collect()
@@ -155,10 +139,7 @@ impl Cas {
             .upload_bytes(bytes, Sha256Policy::Compute, Some(name.to_string()))
             .await
             .map_err(xet_err("uploading bytes"))?;
-        let report = commit
-            .commit()
-            .await
-            .map_err(xet_err("committing an upload"))?;
+        let report = commit.commit().await.map_err(xet_err("committing an upload"))?;
         let meta = report
             .uploads
             .get(&h.task_id())
@@ -174,21 +155,14 @@ impl Cas {
         range: Option<Range<u64>>,
     ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
         let info = XetFileInfo::new(xet_hash.to_string(), size);
-        let mut stream = self
-            .downloads
-            .download_stream(info, range)
-            .await
-            .map_err(xet_err("starting a download"))?;
+        let mut stream = self.downloads.download_stream(info, range).await.map_err(xet_err("starting a download"))?;
         stream.start();
         Ok(futures::stream::unfold(Some(stream), |state| async move {
             let mut stream = state?;
             match stream.next().await {
                 Ok(Some(bytes)) => Some((Ok(bytes), Some(stream))),
                 Ok(None) => None,
-                Err(e) => Some((
-                    Err(std::io::Error::other(format!("CAS read failed: {e}"))),
-                    None,
-                )),
+                Err(e) => Some((Err(std::io::Error::other(format!("CAS read failed: {e}"))), None)),
             }
         }))
     }
@@ -222,12 +196,9 @@ impl Cas {
 /// Checks that `s` is a Xet hash (64 hex digits).
 pub fn parse_hash(s: &str) -> Result<MerkleHash> {
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(EmulatorError::BadRequest(format!(
-            "{s:?} is not a Xet hash (64 hex digits)"
-        )));
+        return Err(EmulatorError::BadRequest(format!("{s:?} is not a Xet hash (64 hex digits)")));
     }
-    MerkleHash::from_hex(s)
-        .map_err(|e| EmulatorError::BadRequest(format!("{s:?} is not a Xet hash: {e}")))
+    MerkleHash::from_hex(s).map_err(|e| EmulatorError::BadRequest(format!("{s:?} is not a Xet hash: {e}")))
 }
 
 fn stored(info: &XetFileInfo, name: &str) -> Result<Stored> {

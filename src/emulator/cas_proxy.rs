@@ -46,11 +46,7 @@ pub fn route_name(method: &Method, path: &str) -> &'static str {
     } else if p.starts_with("/v1/xorb-commits/") {
         "cas_xorb_commit"
     } else if p.starts_with("/v1/xorbs/") {
-        if method == Method::HEAD {
-            "cas_xorb_head"
-        } else {
-            "cas_xorb"
-        }
+        if method == Method::HEAD { "cas_xorb_head" } else { "cas_xorb" }
     } else if p == "/v1/shards" || p == "/v2/shards" {
         "cas_shard"
     } else if p.starts_with("/v1/files/") {
@@ -74,38 +70,28 @@ fn access(name: &str) -> Access {
     match name {
         "cas_fetch_term" | "cas_xorb_upload" => Access::SignedUrl,
         "cas_telemetry" => Access::Open,
-        "cas_xorb" | "cas_xorb_grant" | "cas_xorb_commit" | "cas_shard" => {
-            Access::Token(TokenScope::Write)
-        }
+        "cas_xorb" | "cas_xorb_grant" | "cas_xorb_commit" | "cas_shard" => Access::Token(TokenScope::Write),
         _ => Access::Token(TokenScope::Read),
     }
 }
 
 /// Answers whose JSON carries URLs for credential-less use, which get signed.
 fn hands_out_urls(name: &str) -> bool {
-    matches!(
-        name,
-        "cas_reconstruction" | "cas_reconstruction_batch" | "cas_xorb_grant"
-    )
+    matches!(name, "cas_reconstruction" | "cas_reconstruction_batch" | "cas_xorb_grant")
 }
 
 /// Any method on `/v1/*`, `/v2/*` and grant upload URLs.
 pub async fn proxy(State(s): State<AppState>, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
     let name = route_name(&parts.method, parts.uri.path());
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |pq| pq.as_str());
+    let path_and_query = parts.uri.path_and_query().map_or(parts.uri.path(), |pq| pq.as_str());
     match access(name) {
         Access::Open => {}
         Access::SignedUrl => s.auth.check_signed_url(path_and_query)?,
         Access::Token(needed) => {
             let scope = s.auth.cas_scope(&parts.headers)?;
             if needed == TokenScope::Write && scope != TokenScope::Write {
-                return Err(EmulatorError::Forbidden(
-                    "this CAS call needs a write token".to_string(),
-                ));
+                return Err(EmulatorError::Forbidden("this CAS call needs a write token".to_string()));
             }
         }
     }
@@ -127,15 +113,10 @@ pub async fn proxy(State(s): State<AppState>, req: Request) -> Result<Response> 
     }
     if body.size_hint().exact() != Some(0) {
         let metrics = s.clone();
-        let upload = Counted::new(body.into_data_stream(), move |n| {
-            metrics.metrics.cas_bytes_received(n)
-        });
+        let upload = Counted::new(body.into_data_stream(), move |n| metrics.metrics.cas_bytes_received(n));
         out = out.body(reqwest::Body::wrap_stream(upload));
     }
-    let resp = out
-        .send()
-        .await
-        .map_err(|e| EmulatorError::Cas(format!("forwarding {name}: {e}")))?;
+    let resp = out.send().await.map_err(|e| EmulatorError::Cas(format!("forwarding {name}: {e}")))?;
 
     let status = resp.status();
     let mut headers = HeaderMap::new();
@@ -165,12 +146,9 @@ async fn read_limited(resp: reqwest::Response, name: &str) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| EmulatorError::Cas(format!("reading the {name} answer: {e}")))?;
+        let chunk = chunk.map_err(|e| EmulatorError::Cas(format!("reading the {name} answer: {e}")))?;
         if body.len() + chunk.len() > MAX_SIGNED_BODY {
-            return Err(EmulatorError::Cas(format!(
-                "the {name} answer is too large to sign"
-            )));
+            return Err(EmulatorError::Cas(format!("the {name} answer is too large to sign")));
         }
         body.extend_from_slice(&chunk);
     }
@@ -187,15 +165,13 @@ fn sign_urls_in(s: &Shared, json: &[u8]) -> std::result::Result<Vec<u8>, String>
             _ => {}
         }
     }
-    let mut v: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| format!("unexpected CAS answer: {e}"))?;
+    let mut v: serde_json::Value = serde_json::from_slice(json).map_err(|e| format!("unexpected CAS answer: {e}"))?;
     walk(s, &mut v);
     serde_json::to_vec(&v).map_err(|e| e.to_string())
 }
 
 fn needs_signature(url: &str) -> bool {
-    url.starts_with("http")
-        && (url.contains("/v1/fetch_term?") || url.contains("/simulation/xorb-uploads/"))
+    url.starts_with("http") && (url.contains("/v1/fetch_term?") || url.contains("/simulation/xorb-uploads/"))
 }
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 §7.6.1).
@@ -222,16 +198,10 @@ mod tests {
     fn names_and_access() {
         let n = |m: Method, p: &str| route_name(&m, p);
         assert_eq!(n(Method::GET, "/v1/fetch_term"), "cas_fetch_term");
-        assert_eq!(
-            n(Method::GET, "/v2/reconstructions/ab"),
-            "cas_reconstruction"
-        );
+        assert_eq!(n(Method::GET, "/v2/reconstructions/ab"), "cas_reconstruction");
         assert_eq!(n(Method::POST, "/v1/xorbs/default/ab"), "cas_xorb");
         assert_eq!(n(Method::HEAD, "/v1/xorbs/default/ab"), "cas_xorb_head");
-        assert_eq!(
-            n(Method::PUT, "/simulation/xorb-uploads/g"),
-            "cas_xorb_upload"
-        );
+        assert_eq!(n(Method::PUT, "/simulation/xorb-uploads/g"), "cas_xorb_upload");
         assert_eq!(n(Method::POST, "/v2/shards"), "cas_shard");
         assert_eq!(access("cas_shard"), Access::Token(TokenScope::Write));
         assert_eq!(access("cas_xorb_head"), Access::Token(TokenScope::Read));

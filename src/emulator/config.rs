@@ -56,11 +56,7 @@ impl EmulatorConfig {
 
     /// The fault settings in force at start, derived from `latency_ms` and `fail_rate`.
     pub fn initial_faults(&self) -> Faults {
-        Faults {
-            fail_rate: self.fail_rate,
-            latency_ms: self.latency_ms,
-            ..Faults::default()
-        }
+        Faults { fail_rate: self.fail_rate, latency_ms: self.latency_ms, ..Faults::default() }
     }
 
     /// Checks values that each parser cannot see on its own.
@@ -69,10 +65,7 @@ impl EmulatorConfig {
             return Err("page size must be at least 1".to_string());
         }
         if !(0.0..=1.0).contains(&self.fail_rate) {
-            return Err(format!(
-                "fail rate must be within 0..=1, got {}",
-                self.fail_rate
-            ));
+            return Err(format!("fail rate must be within 0..=1, got {}", self.fail_rate));
         }
         let mut names: Vec<&str> = self.tokens.iter().map(|(n, _)| n.as_str()).collect();
         names.sort_unstable();
@@ -81,10 +74,7 @@ impl EmulatorConfig {
         }
         for (id, _) in &self.synthetic_buckets {
             validate_id(id).map_err(|e| format!("synthetic bucket {id:?}: {e}"))?;
-            let clash = self
-                .imports
-                .iter()
-                .any(|i| matches!(i, Import::Bucket { id: b, .. } if b == id));
+            let clash = self.imports.iter().any(|i| matches!(i, Import::Bucket { id: b, .. } if b == id));
             if clash {
                 return Err(format!("bucket {id:?} is both imported and synthetic"));
             }
@@ -106,9 +96,7 @@ pub enum TokenScope {
 }
 
 /// The three kinds of git-backed repositories.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RepoKind {
     Model,
@@ -150,12 +138,7 @@ pub enum Import {
     /// Every file under `dir` becomes an entry of bucket `id` (created if missing).
     Bucket { id: String, dir: PathBuf },
     /// `dir` becomes the tree of a new commit on branch `main` of repo `id`, optionally tagged.
-    Repo {
-        kind: RepoKind,
-        id: String,
-        dir: PathBuf,
-        tag: Option<String>,
-    },
+    Repo { kind: RepoKind, id: String, dir: PathBuf, tag: Option<String> },
 }
 
 /// Checks a namespace or name: 1 to 96 characters from `A-Za-z0-9._-`, not `.` or `..`.
@@ -166,22 +149,15 @@ pub fn validate_name(s: &str) -> Result<(), String> {
     if s == "." || s == ".." {
         return Err(format!("{s:?} is not a valid name"));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(format!(
-            "{s:?} contains {c:?}; only A-Z a-z 0-9 . _ - are allowed"
-        ));
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("{s:?} contains {c:?}; only A-Z a-z 0-9 . _ - are allowed"));
     }
     Ok(())
 }
 
 /// Checks an `ns/name` id.
 pub fn validate_id(id: &str) -> Result<(), String> {
-    let (ns, name) = id
-        .split_once('/')
-        .ok_or_else(|| format!("{id:?} is not of the form NAMESPACE/NAME"))?;
+    let (ns, name) = id.split_once('/').ok_or_else(|| format!("{id:?} is not of the form NAMESPACE/NAME"))?;
     validate_name(ns)?;
     validate_name(name)
 }
@@ -207,10 +183,7 @@ pub fn parse_token_spec(spec: &str) -> Result<(String, TokenScope), String> {
 /// Parses `--import-bucket NS/NAME=DIR`.
 pub fn parse_bucket_import(spec: &str) -> Result<Import, String> {
     let (id, dir) = split_id_dir("--import-bucket", "NS/NAME=DIR", spec)?;
-    Ok(Import::Bucket {
-        id,
-        dir: PathBuf::from(dir),
-    })
+    Ok(Import::Bucket { id, dir: PathBuf::from(dir) })
 }
 
 /// Parses `--import-model NS/NAME=DIR[@TAG]` and its dataset/space siblings.
@@ -232,28 +205,19 @@ pub fn parse_repo_import(kind: RepoKind, spec: &str) -> Result<Import, String> {
         _ => (rest.as_str(), None),
     };
     if dir.is_empty() {
-        return Err(format!(
-            "{flag} expects NS/NAME=DIR[@TAG], got {spec:?}: empty directory"
-        ));
+        return Err(format!("{flag} expects NS/NAME=DIR[@TAG], got {spec:?}: empty directory"));
     }
-    Ok(Import::Repo {
-        kind,
-        id,
-        dir: PathBuf::from(dir),
-        tag,
-    })
+    Ok(Import::Repo { kind, id, dir: PathBuf::from(dir), tag })
 }
 
 /// Parses `--synthetic-bucket NS/NAME=COUNT`.
 pub fn parse_synthetic_bucket(spec: &str) -> Result<(String, u64), String> {
     let (id, count) = split_id_dir("--synthetic-bucket", "NS/NAME=COUNT", spec)?;
-    let count: u64 = count.parse().map_err(|_| {
-        format!("--synthetic-bucket expects NS/NAME=COUNT, got {spec:?}: {count:?} is not a number")
-    })?;
+    let count: u64 = count
+        .parse()
+        .map_err(|_| format!("--synthetic-bucket expects NS/NAME=COUNT, got {spec:?}: {count:?} is not a number"))?;
     if count == 0 || count > 100_000_000 {
-        return Err(format!(
-            "--synthetic-bucket {spec:?}: COUNT must be within 1..=100000000"
-        ));
+        return Err(format!("--synthetic-bucket {spec:?}: COUNT must be within 1..=100000000"));
     }
     Ok((id, count))
 }
@@ -262,9 +226,7 @@ pub fn parse_synthetic_bucket(spec: &str) -> Result<(String, u64), String> {
 pub fn parse_fail_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
-        _ => Err(format!(
-            "--fail-rate expects a number within 0..=1, got {s:?}"
-        )),
+        _ => Err(format!("--fail-rate expects a number within 0..=1, got {s:?}")),
     }
 }
 
@@ -272,22 +234,17 @@ pub fn parse_fail_rate(s: &str) -> Result<f64, String> {
 pub fn parse_page_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!(
-            "--page-size expects a whole number of at least 1, got {s:?}"
-        )),
+        _ => Err(format!("--page-size expects a whole number of at least 1, got {s:?}")),
     }
 }
 
 /// Parses `--private ID` into what it designates: `(None, "ns/name")` for a bucket, or
 /// `(Some(kind), "ns/name")` for a repo.
 pub fn parse_private_id(id: &str) -> Result<(Option<RepoKind>, String), String> {
-    let bad = |e: String| {
-        format!("--private expects NS/NAME or models|datasets|spaces/NS/NAME, got {id:?}: {e}")
-    };
+    let bad = |e: String| format!("--private expects NS/NAME or models|datasets|spaces/NS/NAME, got {id:?}: {e}");
     match id.split_once('/') {
         Some((first, rest)) if rest.contains('/') => {
-            let kind = RepoKind::from_plural(first)
-                .ok_or_else(|| bad(format!("unknown repo type {first:?}")))?;
+            let kind = RepoKind::from_plural(first).ok_or_else(|| bad(format!("unknown repo type {first:?}")))?;
             validate_id(rest).map_err(bad)?;
             Ok((Some(kind), rest.to_string()))
         }
@@ -303,29 +260,23 @@ pub fn validate_ref_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 200 {
         return Err(format!("{name:?} must be 1 to 200 characters long"));
     }
-    if name
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
+    if name.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
         return Err(format!("{name:?} has an empty, '.' or '..' component"));
     }
-    if let Some(c) = name.chars().find(|c| {
-        c.is_whitespace() || c.is_control() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\')
-    }) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
+    {
         return Err(format!("{name:?} contains {c:?}"));
     }
     Ok(())
 }
 
 fn split_id_dir(flag: &str, form: &str, spec: &str) -> Result<(String, String), String> {
-    let (id, rest) = spec
-        .split_once('=')
-        .ok_or_else(|| format!("{flag} expects {form}, got {spec:?}: missing '='"))?;
+    let (id, rest) = spec.split_once('=').ok_or_else(|| format!("{flag} expects {form}, got {spec:?}: missing '='"))?;
     validate_id(id).map_err(|e| format!("{flag} expects {form}, got {spec:?}: {e}"))?;
     if rest.is_empty() {
-        return Err(format!(
-            "{flag} expects {form}, got {spec:?}: nothing after '='"
-        ));
+        return Err(format!("{flag} expects {form}, got {spec:?}: nothing after '='"));
     }
     Ok((id.to_string(), rest.to_string()))
 }
@@ -336,14 +287,8 @@ mod tests {
 
     #[test]
     fn token_specs() {
-        assert_eq!(
-            parse_token_spec("alice:write").unwrap(),
-            ("alice".into(), TokenScope::Write)
-        );
-        assert_eq!(
-            parse_token_spec("a:b:read").unwrap(),
-            ("a:b".into(), TokenScope::Read)
-        );
+        assert_eq!(parse_token_spec("alice:write").unwrap(), ("alice".into(), TokenScope::Write));
+        assert_eq!(parse_token_spec("a:b:read").unwrap(), ("a:b".into(), TokenScope::Read));
         for bad in ["alice", ":read", "alice:admin", "al ice:read"] {
             let err = parse_token_spec(bad).unwrap_err();
             assert!(err.contains("--token") && err.contains(bad), "{err}");
@@ -354,46 +299,22 @@ mod tests {
     fn repo_import_specs() {
         assert_eq!(
             parse_repo_import(RepoKind::Model, "org/m=/tmp/x@v1").unwrap(),
-            Import::Repo {
-                kind: RepoKind::Model,
-                id: "org/m".into(),
-                dir: "/tmp/x".into(),
-                tag: Some("v1".into())
-            }
+            Import::Repo { kind: RepoKind::Model, id: "org/m".into(), dir: "/tmp/x".into(), tag: Some("v1".into()) }
         );
         assert_eq!(
             parse_repo_import(RepoKind::Dataset, "org/d=/tmp/a@b/c").unwrap(),
-            Import::Repo {
-                kind: RepoKind::Dataset,
-                id: "org/d".into(),
-                dir: "/tmp/a@b/c".into(),
-                tag: None
-            }
+            Import::Repo { kind: RepoKind::Dataset, id: "org/d".into(), dir: "/tmp/a@b/c".into(), tag: None }
         );
-        assert!(
-            parse_repo_import(RepoKind::Model, "org=/tmp")
-                .unwrap_err()
-                .contains("--import-model")
-        );
+        assert!(parse_repo_import(RepoKind::Model, "org=/tmp").unwrap_err().contains("--import-model"));
         assert!(parse_repo_import(RepoKind::Model, "org/m=@v1").is_err());
     }
 
     #[test]
     fn synthetic_and_private_specs() {
-        assert_eq!(
-            parse_synthetic_bucket("s/big=2500").unwrap(),
-            ("s/big".into(), 2500)
-        );
-        assert!(
-            parse_synthetic_bucket("s/big=many")
-                .unwrap_err()
-                .contains("many")
-        );
+        assert_eq!(parse_synthetic_bucket("s/big=2500").unwrap(), ("s/big".into(), 2500));
+        assert!(parse_synthetic_bucket("s/big=many").unwrap_err().contains("many"));
         assert_eq!(parse_private_id("a/b").unwrap(), (None, "a/b".into()));
-        assert_eq!(
-            parse_private_id("datasets/a/b").unwrap(),
-            (Some(RepoKind::Dataset), "a/b".into())
-        );
+        assert_eq!(parse_private_id("datasets/a/b").unwrap(), (Some(RepoKind::Dataset), "a/b".into()));
         assert!(parse_private_id("things/a/b").is_err());
         assert!(parse_fail_rate("1.5").is_err());
         assert!(parse_page_size("0").is_err());

@@ -21,11 +21,7 @@ pub enum EmulatorError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{message}")]
-    NotFound {
-        code: &'static str,
-        message: String,
-        commit: Option<String>,
-    },
+    NotFound { code: &'static str, message: String, commit: Option<String> },
     #[error("{0}")]
     Conflict(String),
     #[error("requested range not satisfiable for a {size}-byte file")]
@@ -46,26 +42,15 @@ pub enum EmulatorError {
 
 impl EmulatorError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 
     pub fn bucket_not_found(id: &str) -> Self {
-        Self::NotFound {
-            code: "BucketNotFound",
-            message: format!("Bucket {id} not found"),
-            commit: None,
-        }
+        Self::NotFound { code: "BucketNotFound", message: format!("Bucket {id} not found"), commit: None }
     }
 
     pub fn repo_not_found(id: &str) -> Self {
-        Self::NotFound {
-            code: "RepoNotFound",
-            message: format!("Repository {id} not found"),
-            commit: None,
-        }
+        Self::NotFound { code: "RepoNotFound", message: format!("Repository {id} not found"), commit: None }
     }
 
     pub fn revision_not_found(id: &str, rev: &str) -> Self {
@@ -77,11 +62,7 @@ impl EmulatorError {
     }
 
     pub fn entry_not_found(path: &str, commit: Option<String>) -> Self {
-        Self::NotFound {
-            code: "EntryNotFound",
-            message: format!("Entry not found: {path}"),
-            commit,
-        }
+        Self::NotFound { code: "EntryNotFound", message: format!("Entry not found: {path}"), commit }
     }
 
     pub fn status(&self) -> StatusCode {

@@ -44,13 +44,7 @@ pub struct Faults {
 
 impl Default for Faults {
     fn default() -> Self {
-        Self {
-            fail_rate: 0.0,
-            fail_next: 0,
-            fail_status: 503,
-            latency_ms: 0,
-            scope: FaultScope::All,
-        }
+        Self { fail_rate: 0.0, fail_next: 0, fail_status: 503, latency_ms: 0, scope: FaultScope::All }
     }
 }
 
@@ -58,22 +52,13 @@ impl Faults {
     /// Rejects settings that cannot be applied.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.fail_rate) {
-            return Err(format!(
-                "fail_rate must be within 0..=1, got {}",
-                self.fail_rate
-            ));
+            return Err(format!("fail_rate must be within 0..=1, got {}", self.fail_rate));
         }
         if !(400..=599).contains(&self.fail_status) {
-            return Err(format!(
-                "fail_status must be a 4xx or 5xx status, got {}",
-                self.fail_status
-            ));
+            return Err(format!("fail_status must be a 4xx or 5xx status, got {}", self.fail_status));
         }
         if self.latency_ms > 600_000 {
-            return Err(format!(
-                "latency_ms must be at most 600000, got {}",
-                self.latency_ms
-            ));
+            return Err(format!("latency_ms must be at most 600000, got {}", self.latency_ms));
         }
         Ok(())
     }
@@ -94,14 +79,8 @@ pub struct FaultInjector {
 
 impl FaultInjector {
     pub fn new(initial: Faults) -> Self {
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Self {
-            faults: Mutex::new(initial),
-            rng: AtomicU64::new(seed | 1),
-        }
+        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        Self { faults: Mutex::new(initial), rng: AtomicU64::new(seed | 1) }
     }
 
     /// Replaces the settings.
@@ -149,10 +128,7 @@ impl FaultInjector {
 
     /// A uniform sample in [0, 1) from a splitmix64 sequence (no need for a crypto RNG).
     fn uniform(&self) -> f64 {
-        let mut z = self
-            .rng
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
@@ -162,12 +138,10 @@ impl FaultInjector {
 
 fn injected_response(status: u16) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let body =
-        serde_json::json!({ "error": format!("injected fault ({})", status.as_u16()) }).to_string();
+    let body = serde_json::json!({ "error": format!("injected fault ({})", status.as_u16()) }).to_string();
     let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -178,12 +152,8 @@ mod tests {
 
     #[tokio::test]
     async fn fail_next_is_counted_and_scoped() {
-        let inj = FaultInjector::new(Faults {
-            fail_next: 2,
-            fail_status: 429,
-            scope: FaultScope::Cas,
-            ..Faults::default()
-        });
+        let inj =
+            FaultInjector::new(Faults { fail_next: 2, fail_status: 429, scope: FaultScope::Cas, ..Faults::default() });
         assert!(inj.before(RequestClass::Api).await.is_none());
         let r = inj.before(RequestClass::Cas).await.expect("first failure");
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -194,43 +164,19 @@ mod tests {
 
     #[tokio::test]
     async fn fail_rate_one_always_fails_with_transient_statuses() {
-        let inj = FaultInjector::new(Faults {
-            fail_rate: 1.0,
-            ..Faults::default()
-        });
+        let inj = FaultInjector::new(Faults { fail_rate: 1.0, ..Faults::default() });
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..64 {
-            seen.insert(
-                inj.before(RequestClass::Api)
-                    .await
-                    .expect("always fails")
-                    .status()
-                    .as_u16(),
-            );
+            seen.insert(inj.before(RequestClass::Api).await.expect("always fails").status().as_u16());
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![429, 503]);
     }
 
     #[test]
     fn validation() {
-        assert!(
-            Faults {
-                fail_status: 200,
-                ..Faults::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            Faults {
-                fail_rate: -0.1,
-                ..Faults::default()
-            }
-            .validate()
-            .is_err()
-        );
-        let parsed: Faults =
-            serde_json::from_str(r#"{"fail_next":1,"fail_status":429,"scope":"api"}"#).unwrap();
+        assert!(Faults { fail_status: 200, ..Faults::default() }.validate().is_err());
+        assert!(Faults { fail_rate: -0.1, ..Faults::default() }.validate().is_err());
+        let parsed: Faults = serde_json::from_str(r#"{"fail_next":1,"fail_status":429,"scope":"api"}"#).unwrap();
         assert_eq!(parsed.scope, FaultScope::Api);
         assert!(serde_json::from_str::<Faults>(r#"{"nope":1}"#).is_err());
     }

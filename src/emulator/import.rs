@@ -26,43 +26,23 @@ pub const XET_THRESHOLD: u64 = 10 * 1024 * 1024;
 /// Runs all imports. Repo imports are applied per repo as one sequence of trees: if the
 /// history of `main` already ends with a prefix of that sequence (a restart replaying the
 /// same imports), those commits are reused and only the rest is committed on top.
-pub async fn run_all(
-    store: &Store,
-    cas: &Cas,
-    imports: &[Import],
-    is_private: impl Fn(&Import) -> bool,
-) -> Result<()> {
+pub async fn run_all(store: &Store, cas: &Cas, imports: &[Import], is_private: impl Fn(&Import) -> bool) -> Result<()> {
     let mut repos: Vec<RepoImports> = Vec::new();
     for import in imports {
         match import {
-            Import::Bucket { id, dir } => {
-                import_bucket(store, cas, id, dir, is_private(import)).await?
-            }
+            Import::Bucket { id, dir } => import_bucket(store, cas, id, dir, is_private(import)).await?,
             Import::Repo { kind, id, dir, tag } => {
                 let tree = build_tree(store, cas, *kind, id, dir).await?;
                 let key = (*kind, id.clone());
-                let snapshot = Snapshot {
-                    tree,
-                    tag: tag.clone(),
-                    dir: dir.display().to_string(),
-                };
+                let snapshot = Snapshot { tree, tag: tag.clone(), dir: dir.display().to_string() };
                 match repos.iter_mut().find(|r| r.key == key) {
                     Some(r) => r.seq.push(snapshot),
-                    None => repos.push(RepoImports {
-                        key,
-                        private: is_private(import),
-                        seq: vec![snapshot],
-                    }),
+                    None => repos.push(RepoImports { key, private: is_private(import), seq: vec![snapshot] }),
                 }
             }
         }
     }
-    for RepoImports {
-        key: (kind, id),
-        private,
-        seq,
-    } in repos
-    {
+    for RepoImports { key: (kind, id), private, seq } in repos {
         commit_sequence(store, kind, &id, private, seq)?;
     }
     Ok(())
@@ -92,51 +72,26 @@ struct LocalFile {
     mtime_ms: u64,
 }
 
-async fn import_bucket(
-    store: &Store,
-    cas: &Cas,
-    id: &str,
-    dir: &Path,
-    private: bool,
-) -> Result<()> {
+async fn import_bucket(store: &Store, cas: &Cas, id: &str, dir: &Path, private: bool) -> Result<()> {
     let what = || format!("bucket {id} from {}", dir.display());
-    let files = walk(dir).map_err(|m| EmulatorError::Import {
-        what: what(),
-        message: m,
-    })?;
+    let files = walk(dir).map_err(|m| EmulatorError::Import { what: what(), message: m })?;
     let paths: Vec<PathBuf> = files.iter().map(|f| f.abs.clone()).collect();
-    let stored = cas
-        .upload_paths(&paths)
-        .await
-        .map_err(|e| EmulatorError::Import {
-            what: what(),
-            message: e.to_string(),
-        })?;
+    let stored =
+        cas.upload_paths(&paths).await.map_err(|e| EmulatorError::Import { what: what(), message: e.to_string() })?;
 
     let now = now_ms();
     let mut state = store.write();
     let created = !state.buckets.contains_key(id);
-    let bucket = state
-        .buckets
-        .entry(id.to_string())
-        .or_insert_with(|| Bucket::new(id, private, now));
+    let bucket = state.buckets.entry(id.to_string()).or_insert_with(|| Bucket::new(id, private, now));
     let mut changed = created || bucket.private != private;
     bucket.private = private;
     for (f, s) in files.iter().zip(stored) {
-        let unchanged = bucket
-            .files
-            .get(&f.rel)
-            .is_some_and(|e| e.xet_hash == s.hash && e.mtime_ms == f.mtime_ms);
+        let unchanged = bucket.files.get(&f.rel).is_some_and(|e| e.xet_hash == s.hash && e.mtime_ms == f.mtime_ms);
         if unchanged {
             continue;
         }
-        let entry = BucketFile {
-            xet_hash: s.hash,
-            size: s.size,
-            mtime_ms: f.mtime_ms,
-            uploaded_ms: now,
-            content_type: None,
-        };
+        let entry =
+            BucketFile { xet_hash: s.hash, size: s.size, mtime_ms: f.mtime_ms, uploaded_ms: now, content_type: None };
         bucket.insert(f.rel.clone(), entry);
         changed = true;
     }
@@ -150,49 +105,28 @@ async fn import_bucket(
 }
 
 /// Stores a directory's files (blobs on disk, large files in the CAS) and returns its tree.
-async fn build_tree(
-    store: &Store,
-    cas: &Cas,
-    kind: RepoKind,
-    id: &str,
-    dir: &Path,
-) -> Result<Tree> {
+async fn build_tree(store: &Store, cas: &Cas, kind: RepoKind, id: &str, dir: &Path) -> Result<Tree> {
     let fail = |message: String| EmulatorError::Import {
         what: format!("{} {id} from {}", kind.plural(), dir.display()),
         message,
     };
     let files = walk(dir).map_err(fail)?;
     let mut tree = Tree::new();
-    let (large, small): (Vec<&LocalFile>, Vec<&LocalFile>) =
-        files.iter().partition(|f| f.size >= XET_THRESHOLD);
+    let (large, small): (Vec<&LocalFile>, Vec<&LocalFile>) = files.iter().partition(|f| f.size >= XET_THRESHOLD);
     for f in small {
-        let content =
-            std::fs::read(&f.abs).map_err(|e| fail(format!("reading {}: {e}", f.abs.display())))?;
+        let content = std::fs::read(&f.abs).map_err(|e| fail(format!("reading {}: {e}", f.abs.display())))?;
         let oid = store.put_blob(&content)?;
-        tree.insert(
-            f.rel.clone(),
-            RepoFile {
-                size: content.len() as u64,
-                oid,
-                xet: None,
-            },
-        );
+        tree.insert(f.rel.clone(), RepoFile { size: content.len() as u64, oid, xet: None });
     }
     let large_paths: Vec<PathBuf> = large.iter().map(|f| f.abs.clone()).collect();
     if !large_paths.is_empty() {
-        let stored = cas
-            .upload_paths(&large_paths)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let stored = cas.upload_paths(&large_paths).await.map_err(|e| fail(e.to_string()))?;
         for (f, s) in large.iter().zip(stored) {
             let pointer = lfs_pointer(&s.sha256, s.size);
             let file = RepoFile {
                 size: s.size,
                 oid: git_blob_oid(pointer.as_bytes()),
-                xet: Some(XetContent {
-                    hash: s.hash,
-                    sha256: s.sha256,
-                }),
+                xet: Some(XetContent { hash: s.hash, sha256: s.sha256 }),
             };
             tree.insert(f.rel.clone(), file);
         }
@@ -201,27 +135,18 @@ async fn build_tree(
 }
 
 /// Makes `main` end with the given trees (see [`run_all`]) and points the tags.
-fn commit_sequence(
-    store: &Store,
-    kind: RepoKind,
-    id: &str,
-    private: bool,
-    seq: Vec<Snapshot>,
-) -> Result<()> {
+fn commit_sequence(store: &Store, kind: RepoKind, id: &str, private: bool, seq: Vec<Snapshot>) -> Result<()> {
     let now = now_ms();
     let mut state = store.write();
-    let repo = state
-        .repos
-        .entry((kind, id.to_string()))
-        .or_insert_with(|| Repo {
-            kind,
-            id: id.to_string(),
-            private,
-            created_ms: now,
-            branches: BTreeMap::new(),
-            tags: BTreeMap::new(),
-            commits: BTreeMap::new(),
-        });
+    let repo = state.repos.entry((kind, id.to_string())).or_insert_with(|| Repo {
+        kind,
+        id: id.to_string(),
+        private,
+        created_ms: now,
+        branches: BTreeMap::new(),
+        tags: BTreeMap::new(),
+        commits: BTreeMap::new(),
+    });
     repo.private = private;
 
     // First-parent history of main, oldest first.
@@ -251,13 +176,7 @@ fn commit_sequence(
             let title = format!("Import {dir}");
             repo.commits.insert(
                 sha.clone(),
-                Commit {
-                    id: sha.clone(),
-                    parent: parent.clone(),
-                    created_ms: now,
-                    title,
-                    files: tree,
-                },
+                Commit { id: sha.clone(), parent: parent.clone(), created_ms: now, title, files: tree },
             );
             repo.branches.insert("main".to_string(), sha.clone());
             parent = Some(sha.clone());
@@ -266,13 +185,7 @@ fn commit_sequence(
         if let Some(tag) = tag {
             repo.tags.insert(tag, sha.clone());
         }
-        tracing::info!(
-            repo = id,
-            kind = kind.plural(),
-            commit = sha.as_str(),
-            reused = i < reused,
-            "imported repo"
-        );
+        tracing::info!(repo = id, kind = kind.plural(), commit = sha.as_str(), reused = i < reused, "imported repo");
     }
     let snapshot = repo.clone();
     store.save_repo(&snapshot)
@@ -300,19 +213,12 @@ fn walk(root: &Path) -> std::result::Result<Vec<LocalFile>, String> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel)) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("listing {}: {e}", dir.display()))?;
             let name = entry.file_name();
-            let name = name
-                .to_str()
-                .ok_or_else(|| format!("{}: file name is not UTF-8", entry.path().display()))?;
-            let child_rel = if rel.is_empty() {
-                name.to_string()
-            } else {
-                format!("{rel}/{name}")
-            };
+            let name = name.to_str().ok_or_else(|| format!("{}: file name is not UTF-8", entry.path().display()))?;
+            let child_rel = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
             let abs = entry.path();
             let meta = std::fs::metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
             if meta.is_dir() {
@@ -324,12 +230,7 @@ fn walk(root: &Path) -> std::result::Result<Vec<LocalFile>, String> {
                     .ok()
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_millis() as u64);
-                out.push(LocalFile {
-                    rel: child_rel,
-                    abs,
-                    size: meta.len(),
-                    mtime_ms,
-                });
+                out.push(LocalFile { rel: child_rel, abs, size: meta.len(), mtime_ms });
             }
         }
     }

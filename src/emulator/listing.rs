@@ -17,10 +17,7 @@ pub trait KeySpace {
     type Value: Clone;
 
     /// Entries in ascending key order starting at `from`.
-    fn iter_from<'a>(
-        &'a self,
-        from: Bound<&str>,
-    ) -> Box<dyn Iterator<Item = (Cow<'a, str>, Self::Value)> + 'a>;
+    fn iter_from<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (Cow<'a, str>, Self::Value)> + 'a>;
 
     /// The largest key strictly below `key`.
     fn key_before(&self, key: &str) -> Option<String>;
@@ -32,20 +29,12 @@ pub trait KeySpace {
 impl<V: Clone> KeySpace for BTreeMap<String, V> {
     type Value = V;
 
-    fn iter_from<'a>(
-        &'a self,
-        from: Bound<&str>,
-    ) -> Box<dyn Iterator<Item = (Cow<'a, str>, V)> + 'a> {
-        Box::new(
-            self.range::<str, _>((from, Bound::Unbounded))
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), v.clone())),
-        )
+    fn iter_from<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (Cow<'a, str>, V)> + 'a> {
+        Box::new(self.range::<str, _>((from, Bound::Unbounded)).map(|(k, v)| (Cow::Borrowed(k.as_str()), v.clone())))
     }
 
     fn key_before(&self, key: &str) -> Option<String> {
-        self.range::<str, _>((Bound::Unbounded, Bound::Excluded(key)))
-            .next_back()
-            .map(|(k, _)| k.clone())
+        self.range::<str, _>((Bound::Unbounded, Bound::Excluded(key))).next_back().map(|(k, _)| k.clone())
     }
 
     fn get(&self, key: &str) -> Option<V> {
@@ -74,41 +63,25 @@ pub struct Scope {
 impl Scope {
     /// The whole key space.
     pub fn root() -> Self {
-        Self {
-            scan_prefix: String::new(),
-            dir: None,
-            fallback_base: 0,
-        }
+        Self { scan_prefix: String::new(), dir: None, fallback_base: 0 }
     }
 
     /// Exactly the contents of directory `dir` (repo semantics).
     pub fn dir(dir: &str) -> Self {
-        Self {
-            scan_prefix: format!("{dir}/"),
-            dir: Some(dir.to_string()),
-            fallback_base: dir.len() + 1,
-        }
+        Self { scan_prefix: format!("{dir}/"), dir: Some(dir.to_string()), fallback_base: dir.len() + 1 }
     }
 
     /// Every key starting with the raw string `prefix` (bucket semantics): `a/1` also matches
     /// `a/10`, which is then grouped as a sibling of `a/1` in its parent directory.
     pub fn raw_prefix(prefix: &str) -> Self {
         let fallback_base = prefix.rfind('/').map_or(0, |i| i + 1);
-        Self {
-            scan_prefix: prefix.to_string(),
-            dir: Some(prefix.to_string()),
-            fallback_base,
-        }
+        Self { scan_prefix: prefix.to_string(), dir: Some(prefix.to_string()), fallback_base }
     }
 
     /// Length of the directory base (trailing `/` included) that `key` is listed relative to.
     fn base_len(&self, key: &str) -> usize {
         match &self.dir {
-            Some(d)
-                if key.len() > d.len()
-                    && key.starts_with(d.as_str())
-                    && key.as_bytes()[d.len()] == b'/' =>
-            {
+            Some(d) if key.len() > d.len() && key.starts_with(d.as_str()) && key.as_bytes()[d.len()] == b'/' => {
                 d.len() + 1
             }
             _ => self.fallback_base,
@@ -147,14 +120,8 @@ impl Cursor {
             "a" => Ok(Cursor::After(key.to_string())),
             "f" => Ok(Cursor::From(key.to_string())),
             _ => {
-                let skip = tag
-                    .strip_prefix('w')
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(bad)?;
-                Ok(Cursor::Within {
-                    key: key.to_string(),
-                    skip,
-                })
+                let skip = tag.strip_prefix('w').and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+                Ok(Cursor::Within { key: key.to_string(), skip })
             }
         }
     }
@@ -168,11 +135,7 @@ pub fn page<S: KeySpace>(
     cursor: Option<&Cursor>,
     limit: usize,
 ) -> (Vec<Item<S::Value>>, Option<Cursor>) {
-    if recursive {
-        page_recursive(space, scope, cursor, limit)
-    } else {
-        page_flat(space, scope, cursor, limit)
-    }
+    if recursive { page_recursive(space, scope, cursor, limit) } else { page_flat(space, scope, cursor, limit) }
 }
 
 fn page_flat<S: KeySpace>(
@@ -219,16 +182,13 @@ fn page_recursive<S: KeySpace>(
         None => (Cursor::From(scope.scan_prefix.clone()), None, 0),
         Some(Cursor::After(k)) => (Cursor::After(k.clone()), Some(k.clone()), 0),
         Some(Cursor::From(k)) => (Cursor::From(k.clone()), space.key_before(k), 0),
-        Some(Cursor::Within { key, skip }) => {
-            (Cursor::From(key.clone()), space.key_before(key), *skip)
-        }
+        Some(Cursor::Within { key, skip }) => (Cursor::From(key.clone()), space.key_before(key), *skip),
     };
     // The predecessor only suppresses directories it lies in if it was listed too.
     prev = prev.filter(|p| scope.contains(p));
     let mut out = Vec::new();
     loop {
-        let Some((key, value)) = first_key(space, &resume).filter(|(k, _)| scope.contains(k))
-        else {
+        let Some((key, value)) = first_key(space, &resume).filter(|(k, _)| scope.contains(k)) else {
             return (out, None);
         };
         let base = scope.base_len(&key);
@@ -238,18 +198,11 @@ fn page_recursive<S: KeySpace>(
             .filter(|&j| j >= base)
             .map(|j| &key[..j])
             .filter(|d| {
-                !prev.as_deref().is_some_and(|p| {
-                    p.len() > d.len() && p.starts_with(d) && p.as_bytes()[d.len()] == b'/'
-                })
+                !prev.as_deref().is_some_and(|p| p.len() > d.len() && p.starts_with(d) && p.as_bytes()[d.len()] == b'/')
             })
-            .map(|d| Item::Dir {
-                path: d.to_string(),
-            })
+            .map(|d| Item::Dir { path: d.to_string() })
             .collect();
-        items.push(Item::File {
-            path: key.clone(),
-            value,
-        });
+        items.push(Item::File { path: key.clone(), value });
         let total = items.len();
         for (i, item) in items.into_iter().enumerate().skip(skip) {
             if out.len() == limit {
@@ -279,17 +232,12 @@ pub struct ListParams {
 
 impl ListParams {
     /// Parses `recursive`, `limit` and `cursor`; other parameters are ignored.
-    pub fn parse(
-        query: &std::collections::HashMap<String, String>,
-        page_size: usize,
-    ) -> Result<Self> {
+    pub fn parse(query: &std::collections::HashMap<String, String>, page_size: usize) -> Result<Self> {
         let recursive = match query.get("recursive").map(String::as_str) {
             None | Some("false") | Some("0") | Some("") => false,
             Some("true") | Some("1") => true,
             Some(other) => {
-                return Err(EmulatorError::BadRequest(format!(
-                    "recursive must be true or false, got {other:?}"
-                )));
+                return Err(EmulatorError::BadRequest(format!("recursive must be true or false, got {other:?}")));
             }
         };
         let limit = match query.get("limit") {
@@ -297,18 +245,12 @@ impl ListParams {
             Some(l) => match l.parse::<usize>() {
                 Ok(n) if n >= 1 => n.min(page_size),
                 _ => {
-                    return Err(EmulatorError::BadRequest(format!(
-                        "limit must be a positive integer, got {l:?}"
-                    )));
+                    return Err(EmulatorError::BadRequest(format!("limit must be a positive integer, got {l:?}")));
                 }
             },
         };
         let cursor = query.get("cursor").map(|c| Cursor::decode(c)).transpose()?;
-        Ok(Self {
-            recursive,
-            limit,
-            cursor,
-        })
+        Ok(Self { recursive, limit, cursor })
     }
 
     /// The `Link` header value pointing at the page that starts at `next`.
@@ -327,25 +269,17 @@ fn first_key<S: KeySpace>(space: &S, at: &Cursor) -> Option<(String, S::Value)> 
         Cursor::After(k) => Bound::Excluded(k.as_str()),
         Cursor::From(k) | Cursor::Within { key: k, .. } => Bound::Included(k.as_str()),
     };
-    space
-        .iter_from(bound)
-        .next()
-        .map(|(k, v)| (k.into_owned(), v))
+    space.iter_from(bound).next().map(|(k, v)| (k.into_owned(), v))
 }
 
 /// What a single path is: a file, an implicit directory (some key lies under it), or absent.
 pub fn lookup<S: KeySpace>(space: &S, path: &str) -> Option<Item<S::Value>> {
     if let Some(value) = space.get(path) {
-        return Some(Item::File {
-            path: path.to_string(),
-            value,
-        });
+        return Some(Item::File { path: path.to_string(), value });
     }
     let under = format!("{path}/");
     let (k, _) = space.iter_from(Bound::Included(under.as_str())).next()?;
-    k.starts_with(under.as_str()).then(|| Item::Dir {
-        path: path.to_string(),
-    })
+    k.starts_with(under.as_str()).then(|| Item::Dir { path: path.to_string() })
 }
 
 #[cfg(test)]
@@ -353,10 +287,7 @@ mod tests {
     use super::*;
 
     fn space(keys: &[&str]) -> BTreeMap<String, u32> {
-        keys.iter()
-            .enumerate()
-            .map(|(i, k)| (k.to_string(), i as u32))
-            .collect()
+        keys.iter().enumerate().map(|(i, k)| (k.to_string(), i as u32)).collect()
     }
 
     fn names<V>(items: &[Item<V>]) -> Vec<String> {
@@ -369,12 +300,7 @@ mod tests {
             .collect()
     }
 
-    fn all_pages(
-        s: &BTreeMap<String, u32>,
-        scope: &Scope,
-        recursive: bool,
-        limit: usize,
-    ) -> (Vec<String>, usize) {
+    fn all_pages(s: &BTreeMap<String, u32>, scope: &Scope, recursive: bool, limit: usize) -> (Vec<String>, usize) {
         let (mut out, mut cursor, mut pages) = (Vec::new(), None, 0);
         loop {
             let (items, next) = page(s, scope, recursive, cursor.as_ref(), limit);
@@ -387,9 +313,7 @@ mod tests {
         }
     }
 
-    const KEYS: &[&str] = &[
-        "a/1", "a/1/x", "a/1/y/z", "a/10", "a/10/q", "a/1-b", "b", "c/d/e/f",
-    ];
+    const KEYS: &[&str] = &["a/1", "a/1/x", "a/1/y/z", "a/10", "a/10/q", "a/1-b", "b", "c/d/e/f"];
 
     #[test]
     fn flat_listing_groups_directories_at_any_page_size() {
@@ -406,17 +330,9 @@ mod tests {
     fn raw_prefix_also_matches_siblings() {
         let s = space(KEYS);
         let (flat, _) = all_pages(&s, &Scope::raw_prefix("a/1"), false, 2);
-        assert_eq!(
-            flat,
-            vec!["a/1", "a/1-b", "a/1/x", "a/1/y/", "a/10", "a/10/"]
-        );
+        assert_eq!(flat, vec!["a/1", "a/1-b", "a/1/x", "a/1/y/", "a/10", "a/10/"]);
         let (rec, _) = all_pages(&s, &Scope::raw_prefix("a/1"), true, 2);
-        assert_eq!(
-            rec,
-            vec![
-                "a/1", "a/1-b", "a/1/x", "a/1/y/", "a/1/y/z", "a/10", "a/10/", "a/10/q"
-            ]
-        );
+        assert_eq!(rec, vec!["a/1", "a/1-b", "a/1/x", "a/1/y/", "a/1/y/z", "a/10", "a/10/", "a/10/q"]);
     }
 
     #[test]
@@ -426,18 +342,14 @@ mod tests {
         assert_eq!(
             expected,
             vec![
-                "a/", "a/1", "a/1-b", "a/1/", "a/1/x", "a/1/y/", "a/1/y/z", "a/10", "a/10/",
-                "a/10/q", "b", "c/", "c/d/", "c/d/e/", "c/d/e/f"
+                "a/", "a/1", "a/1-b", "a/1/", "a/1/x", "a/1/y/", "a/1/y/z", "a/10", "a/10/", "a/10/q", "b", "c/",
+                "c/d/", "c/d/e/", "c/d/e/f"
             ]
         );
         for limit in 1..8 {
             let (got, pages) = all_pages(&s, &Scope::root(), true, limit);
             assert_eq!(got, expected, "limit {limit}");
-            assert_eq!(
-                pages,
-                expected.len().div_ceil(limit),
-                "no empty trailing page at limit {limit}"
-            );
+            assert_eq!(pages, expected.len().div_ceil(limit), "no empty trailing page at limit {limit}");
         }
     }
 
@@ -453,14 +365,8 @@ mod tests {
 
     #[test]
     fn cursor_round_trip_and_garbage() {
-        for c in [
-            Cursor::After("a/b".into()),
-            Cursor::From("x:y".into()),
-            Cursor::Within {
-                key: "k".into(),
-                skip: 3,
-            },
-        ] {
+        for c in [Cursor::After("a/b".into()), Cursor::From("x:y".into()), Cursor::Within { key: "k".into(), skip: 3 }]
+        {
             assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
         }
         assert!(Cursor::decode("zz").is_err());

@@ -64,55 +64,20 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP hub_requests_total Requests answered, by route and status.\n");
         out.push_str("# TYPE hub_requests_total counter\n");
-        for ((endpoint, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "hub_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
-            );
+        for ((endpoint, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "hub_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}");
         }
-        out.push_str(
-            "# HELP hub_write_requests_total Write requests accepted for processing, by kind.\n",
-        );
+        out.push_str("# HELP hub_write_requests_total Write requests accepted for processing, by kind.\n");
         out.push_str("# TYPE hub_write_requests_total counter\n");
-        let writes = self
-            .writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for kind in [
-            WriteKind::Batch,
-            WriteKind::Xorb,
-            WriteKind::Shard,
-            WriteKind::WriteToken,
-        ] {
+        let writes = self.writes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for kind in [WriteKind::Batch, WriteKind::Xorb, WriteKind::Shard, WriteKind::WriteToken] {
             let n = writes.get(&kind).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "hub_write_requests_total{{kind=\"{}\"}} {n}",
-                kind.label()
-            );
+            let _ = writeln!(out, "hub_write_requests_total{{kind=\"{}\"}} {n}", kind.label());
         }
         let scalars = [
-            (
-                "hub_cas_bytes_served_total",
-                "Body bytes of CAS data responses streamed out.",
-                &self.cas_bytes_served,
-            ),
-            (
-                "hub_cas_bytes_received_total",
-                "Body bytes of requests streamed into the CAS.",
-                &self.cas_bytes_received,
-            ),
-            (
-                "hub_resolve_bytes_served_total",
-                "Body bytes served by resolve downloads.",
-                &self.resolve_bytes_served,
-            ),
+            ("hub_cas_bytes_served_total", "Body bytes of CAS data responses streamed out.", &self.cas_bytes_served),
+            ("hub_cas_bytes_received_total", "Body bytes of requests streamed into the CAS.", &self.cas_bytes_received),
+            ("hub_resolve_bytes_served_total", "Body bytes served by resolve downloads.", &self.resolve_bytes_served),
         ];
         for (name, help, counter) in scalars {
             let _ = writeln!(
@@ -137,10 +102,7 @@ mod tests {
         m.write(WriteKind::Batch);
         m.cas_bytes_served(10);
         let text = m.render();
-        assert!(
-            text.contains("hub_requests_total{endpoint=\"bucket_info\",status=\"200\"} 2\n"),
-            "{text}"
-        );
+        assert!(text.contains("hub_requests_total{endpoint=\"bucket_info\",status=\"200\"} 2\n"), "{text}");
         assert!(text.contains("hub_write_requests_total{kind=\"batch\"} 1\n"));
         assert!(text.contains("hub_write_requests_total{kind=\"write-token\"} 0\n"));
         assert!(text.contains("hub_cas_bytes_served_total 10\n"));

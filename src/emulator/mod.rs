@@ -86,9 +86,7 @@ impl Emulator {
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .map_err(|e| EmulatorError::io(format!("binding {}", cfg.listen), e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| EmulatorError::io("reading the bound address", e))?;
+        let addr = listener.local_addr().map_err(|e| EmulatorError::io("reading the bound address", e))?;
         let endpoint = format!("http://{}", reachable(addr));
 
         let store = Store::open(&cfg.data_dir)?;
@@ -121,12 +119,7 @@ impl Emulator {
             }
         });
         tracing::info!(endpoint = endpoint.as_str(), data_dir = %cfg.data_dir.display(), "hub emulator listening");
-        Ok(Emulator {
-            endpoint,
-            state,
-            stop: Some(tx),
-            server: Some(server),
-        })
+        Ok(Emulator { endpoint, state, stop: Some(tx), server: Some(server) })
     }
 
     /// `http://127.0.0.1:PORT`: the Hub endpoint (and CAS URL) clients use.
@@ -159,16 +152,11 @@ impl Emulator {
             let _ = tx.send(());
         }
         if let Some(mut server) = self.server.take()
-            && tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
-                .await
-                .is_err()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err()
         {
             server.abort();
         }
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.cas.stop())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.state.cas.stop()).await.is_err() {
             tracing::warn!("the internal CAS did not stop in time");
         }
     }
@@ -215,47 +203,23 @@ async fn prepare(
                 store.save_repo(r)?;
             }
         }
-        let synthetic_ids: HashSet<&String> =
-            cfg.synthetic_buckets.iter().map(|(id, _)| id).collect();
-        for id in private_buckets
-            .iter()
-            .filter(|id| !state.buckets.contains_key(*id) && !synthetic_ids.contains(id))
-        {
-            tracing::warn!(
-                bucket = id.as_str(),
-                "--private names a bucket that does not exist"
-            );
+        let synthetic_ids: HashSet<&String> = cfg.synthetic_buckets.iter().map(|(id, _)| id).collect();
+        for id in private_buckets.iter().filter(|id| !state.buckets.contains_key(*id) && !synthetic_ids.contains(id)) {
+            tracing::warn!(bucket = id.as_str(), "--private names a bucket that does not exist");
         }
-        for (kind, id) in private_repos
-            .iter()
-            .filter(|key| !state.repos.contains_key(*key))
-        {
-            tracing::warn!(
-                repo = id.as_str(),
-                kind = kind.plural(),
-                "--private names a repo that does not exist"
-            );
+        for (kind, id) in private_repos.iter().filter(|key| !state.repos.contains_key(*key)) {
+            tracing::warn!(repo = id.as_str(), kind = kind.plural(), "--private names a repo that does not exist");
         }
     }
     let mut synthetic = BTreeMap::new();
     if !cfg.synthetic_buckets.is_empty() {
-        let blob = cas
-            .upload_bytes(synthetic::CONTENT.to_vec(), "synthetic")
-            .await?;
+        let blob = cas.upload_bytes(synthetic::CONTENT.to_vec(), "synthetic").await?;
         let now = timefmt::now_ms();
         for (id, count) in &cfg.synthetic_buckets {
             if store.read().buckets.contains_key(id) {
-                return Err(EmulatorError::Config(format!(
-                    "synthetic bucket {id} clashes with a stored bucket"
-                )));
+                return Err(EmulatorError::Config(format!("synthetic bucket {id} clashes with a stored bucket")));
             }
-            let b = SyntheticBucket::new(
-                id,
-                *count,
-                private_buckets.contains(id),
-                now,
-                blob.hash.clone(),
-            );
+            let b = SyntheticBucket::new(id, *count, private_buckets.contains(id), now, blob.hash.clone());
             synthetic.insert(id.clone(), b);
         }
     }
@@ -265,12 +229,8 @@ async fn prepare(
 /// An address clients can connect to: wildcard binds are reached over loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
-        }
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port()),
         _ => addr,
     }
 }

@@ -24,11 +24,7 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b']');
 
 /// Everything but unreserved characters, for query values and single-segment revisions.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Longest path accepted, in bytes.
 const MAX_PATH: usize = 4096;
@@ -40,27 +36,14 @@ pub fn validate_path(path: &str, what: &str) -> Result<()> {
         return Err(EmulatorError::BadRequest(format!("{what} is empty")));
     }
     if path.len() > MAX_PATH {
-        return Err(EmulatorError::BadRequest(format!(
-            "{what} is longer than {MAX_PATH} bytes"
-        )));
+        return Err(EmulatorError::BadRequest(format!("{what} is longer than {MAX_PATH} bytes")));
     }
     if path.chars().any(char::is_control) {
-        return Err(EmulatorError::BadRequest(format!(
-            "{what} {path:?} contains a control character"
-        )));
+        return Err(EmulatorError::BadRequest(format!("{what} {path:?} contains a control character")));
     }
-    if let Some(seg) = path
-        .split('/')
-        .find(|s| s.is_empty() || *s == "." || *s == "..")
-    {
-        let why = if seg.is_empty() {
-            "an empty segment"
-        } else {
-            "a '.' or '..' segment"
-        };
-        return Err(EmulatorError::BadRequest(format!(
-            "{what} {path:?} has {why}"
-        )));
+    if let Some(seg) = path.split('/').find(|s| s.is_empty() || *s == "." || *s == "..") {
+        let why = if seg.is_empty() { "an empty segment" } else { "a '.' or '..' segment" };
+        return Err(EmulatorError::BadRequest(format!("{what} {path:?} has {why}")));
     }
     Ok(())
 }
@@ -68,28 +51,17 @@ pub fn validate_path(path: &str, what: &str) -> Result<()> {
 /// Checks a revision taken from a URL segment (already percent-decoded).
 pub fn validate_revision(rev: &str) -> Result<()> {
     if rev.is_empty() || rev.len() > 256 {
-        return Err(EmulatorError::BadRequest(format!(
-            "revision {rev:?} must be 1 to 256 characters long"
-        )));
+        return Err(EmulatorError::BadRequest(format!("revision {rev:?} must be 1 to 256 characters long")));
     }
-    if rev.chars().any(char::is_control)
-        || rev
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err(EmulatorError::BadRequest(format!(
-            "revision {rev:?} is not a valid branch, tag or commit"
-        )));
+    if rev.chars().any(char::is_control) || rev.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(EmulatorError::BadRequest(format!("revision {rev:?} is not a valid branch, tag or commit")));
     }
     Ok(())
 }
 
 /// Percent-encodes a `/`-separated path segment by segment, keeping the slashes.
 pub fn encode_path(path: &str) -> String {
-    path.split('/')
-        .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
-        .collect::<Vec<_>>()
-        .join("/")
+    path.split('/').map(|s| utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
 }
 
 /// Percent-encodes a query value or a single-segment revision.

@@ -38,9 +38,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Kind {
         } else {
             Some(RepoKind::from_plural(first).unwrap_or(RepoKind::Model))
         };
-        kind.map(Kind).ok_or_else(|| {
-            EmulatorError::BadRequest(format!("no repo type in {}", parts.uri.path()))
-        })
+        kind.map(Kind).ok_or_else(|| EmulatorError::BadRequest(format!("no repo type in {}", parts.uri.path())))
     }
 }
 
@@ -62,36 +60,21 @@ pub fn with_commit<T>(
 ) -> Result<T> {
     validate_revision(rev)?;
     with_repo(s, kind, id, who, |repo| {
-        let commit = repo
-            .resolve(rev)
-            .ok_or_else(|| EmulatorError::revision_not_found(id, rev))?;
+        let commit = repo.resolve(rev).ok_or_else(|| EmulatorError::revision_not_found(id, rev))?;
         f(repo, commit)
     })
 }
 
-fn with_repo<T>(
-    s: &Shared,
-    kind: RepoKind,
-    id: &str,
-    who: Principal,
-    f: impl FnOnce(&Repo) -> Result<T>,
-) -> Result<T> {
+fn with_repo<T>(s: &Shared, kind: RepoKind, id: &str, who: Principal, f: impl FnOnce(&Repo) -> Result<T>) -> Result<T> {
     let state = s.store.read();
-    let repo = state
-        .repos
-        .get(&(kind, id.to_string()))
-        .ok_or_else(|| EmulatorError::repo_not_found(id))?;
+    let repo = state.repos.get(&(kind, id.to_string())).ok_or_else(|| EmulatorError::repo_not_found(id))?;
     who.check_read(repo.private, &format!("repository {id}"))?;
     f(repo)
 }
 
 fn info_json(repo: &Repo, commit: &Commit) -> Value {
     let (ns, _) = repo.id.split_once('/').unwrap_or(("", &repo.id));
-    let siblings: Vec<Value> = commit
-        .files
-        .iter()
-        .map(|(p, f)| json!({ "rfilename": p, "size": f.size }))
-        .collect();
+    let siblings: Vec<Value> = commit.files.iter().map(|(p, f)| json!({ "rfilename": p, "size": f.size })).collect();
     let mut v = json!({
         "_id": format!("{:x}", Sha1::digest(format!("{:?}/{}", repo.kind, repo.id).as_bytes())),
         "id": repo.id,
@@ -125,9 +108,7 @@ pub async fn info(
     let id = repo_id(&ns, &name)?;
     let v = with_repo(&s, kind, &id, who, |repo| {
         // A repo always has `main`, but be explicit rather than panic if the file was edited.
-        let commit = repo
-            .resolve("main")
-            .ok_or_else(|| EmulatorError::revision_not_found(&id, "main"))?;
+        let commit = repo.resolve("main").ok_or_else(|| EmulatorError::revision_not_found(&id, "main"))?;
         Ok(info_json(repo, commit))
     })?;
     Ok(Json(v).into_response())
@@ -176,45 +157,22 @@ pub async fn tree(
             Some(path) => match lookup(&commit.files, path) {
                 Some(Item::Dir { .. }) => Scope::dir(path),
                 _ => {
-                    return Err(EmulatorError::entry_not_found(
-                        path,
-                        Some(commit.id.clone()),
-                    ));
+                    return Err(EmulatorError::entry_not_found(path, Some(commit.id.clone())));
                 }
             },
         };
-        let (items, next) = page(
-            &commit.files,
-            &scope,
-            params.recursive,
-            params.cursor.as_ref(),
-            params.limit,
-        );
-        let body: Vec<Value> = items
-            .iter()
-            .map(|i| entry_json(repo, commit, i, expand))
-            .collect();
+        let (items, next) = page(&commit.files, &scope, params.recursive, params.cursor.as_ref(), params.limit);
+        let body: Vec<Value> = items.iter().map(|i| entry_json(repo, commit, i, expand)).collect();
         Ok((body, next, commit.id.clone()))
     })?;
     let mut resp = Json(body).into_response();
     if let Some(next) = next {
-        let mut url = format!(
-            "{}/api/{}/{id}/tree/{sha}",
-            s.public_base(&headers),
-            kind.plural()
-        );
+        let mut url = format!("{}/api/{}/{id}/tree/{sha}", s.public_base(&headers), kind.plural());
         if let Some(path) = &p.path {
             url = format!("{url}/{}", encode_path(path));
         }
         let link = params.next_link(&url, &next);
-        set_link(
-            &mut resp,
-            &if expand {
-                link.replacen("?", "?expand=true&", 1)
-            } else {
-                link
-            },
-        );
+        set_link(&mut resp, &if expand { link.replacen("?", "?expand=true&", 1) } else { link });
     }
     Ok(resp)
 }
@@ -232,10 +190,7 @@ pub async fn paths_info(
     let id = repo_id(&ns, &name)?;
     let paths = parse_paths_body(&body)?;
     let expand = matches!(query.get("expand").map(String::as_str), Some("true" | "1"))
-        || serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("expand")?.as_bool())
-            .unwrap_or(false);
+        || serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("expand")?.as_bool()).unwrap_or(false);
     let entries = with_commit(&s, kind, &id, &rev, who, |repo, commit| {
         Ok(paths
             .iter()
@@ -287,9 +242,7 @@ pub async fn commits(
             None => Some(head),
             Some(Cursor::From(sha)) => repo.commits.get(sha),
             Some(_) => {
-                return Err(EmulatorError::BadRequest(
-                    "invalid cursor for a commit list".to_string(),
-                ));
+                return Err(EmulatorError::BadRequest("invalid cursor for a commit list".to_string()));
             }
         };
         let mut items = Vec::new();
@@ -311,12 +264,7 @@ pub async fn commits(
     })?;
     let mut resp = Json(items).into_response();
     if let Some(sha) = next {
-        let url = format!(
-            "{}/api/{}/{id}/commits/{}",
-            s.public_base(&headers),
-            kind.plural(),
-            encode_component(&rev)
-        );
+        let url = format!("{}/api/{}/{id}/commits/{}", s.public_base(&headers), kind.plural(), encode_component(&rev));
         set_link(&mut resp, &params.next_link(&url, &Cursor::From(sha)));
     }
     Ok(resp)
@@ -339,8 +287,7 @@ pub async fn read_token(
 fn entry_json(repo: &Repo, commit: &Commit, item: &Item<RepoFile>, expand: bool) -> Value {
     match item {
         Item::File { path, value } => {
-            let mut v =
-                json!({ "type": "file", "oid": value.oid, "size": value.size, "path": path });
+            let mut v = json!({ "type": "file", "oid": value.oid, "size": value.size, "path": path });
             if let Some(xet) = &value.xet {
                 v["xetHash"] = json!(xet.hash);
                 v["lfs"] = json!({
@@ -352,8 +299,7 @@ fn entry_json(repo: &Repo, commit: &Commit, item: &Item<RepoFile>, expand: bool)
             }
             if expand {
                 let c = last_change(repo, commit, path, value);
-                v["lastCommit"] =
-                    json!({ "id": c.id, "title": c.title, "date": rfc3339_ms(c.created_ms) });
+                v["lastCommit"] = json!({ "id": c.id, "title": c.title, "date": rfc3339_ms(c.created_ms) });
             }
             v
         }
@@ -382,10 +328,7 @@ fn dir_oid(commit: &Commit, dir: &str) -> String {
     h.update(b"tree\0");
     for (k, f) in commit
         .files
-        .range::<str, _>((
-            std::ops::Bound::Included(under.as_str()),
-            std::ops::Bound::Unbounded,
-        ))
+        .range::<str, _>((std::ops::Bound::Included(under.as_str()), std::ops::Bound::Unbounded))
         .take_while(|(k, _)| k.starts_with(&under))
     {
         h.update(&k.as_bytes()[under.len()..]);

@@ -49,9 +49,7 @@ pub async fn bucket(
     let id = bucket_id(&ns, &name)?;
     validate_path(&path, "path")?;
     let target = with_bucket(&s, &id, who, |b| {
-        let f = b
-            .get(&path)
-            .ok_or_else(|| EmulatorError::entry_not_found(&path, None))?;
+        let f = b.get(&path).ok_or_else(|| EmulatorError::entry_not_found(&path, None))?;
         Ok(Target {
             size: f.size,
             etag: f.xet_hash.clone(),
@@ -117,47 +115,29 @@ async fn respond(s: &AppState, method: &Method, req: &HeaderMap, t: Target) -> R
     }
     if *method == Method::HEAD {
         insert(&mut h, header::CONTENT_LENGTH, &t.size.to_string());
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         return Ok((StatusCode::OK, h).into_response());
     }
 
     let range = parse_range(req.get(header::RANGE), t.size)?;
     let (status, span) = match range {
         Some(r) => {
-            insert(
-                &mut h,
-                header::CONTENT_RANGE,
-                &format!("bytes {}-{}/{}", r.start, r.end - 1, t.size),
-            );
+            insert(&mut h, header::CONTENT_RANGE, &format!("bytes {}-{}/{}", r.start, r.end - 1, t.size));
             (StatusCode::PARTIAL_CONTENT, r)
         }
         None => (StatusCode::OK, 0..t.size),
     };
-    insert(
-        &mut h,
-        header::CONTENT_LENGTH,
-        &(span.end - span.start).to_string(),
-    );
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    insert(&mut h, header::CONTENT_LENGTH, &(span.end - span.start).to_string());
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
 
     let stream: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = match t.content {
         _ if span.is_empty() => Box::pin(futures::stream::empty()),
         Content::Blob(oid) => {
             let path = s.store.blob_path(&oid);
-            let data = tokio::fs::read(&path)
-                .await
-                .map_err(|e| EmulatorError::io(format!("reading blob {oid}"), e))?;
+            let data = tokio::fs::read(&path).await.map_err(|e| EmulatorError::io(format!("reading blob {oid}"), e))?;
             let chunk = data
                 .get(span.start as usize..span.end as usize)
-                .ok_or_else(|| {
-                    EmulatorError::Internal(format!("blob {oid} is shorter than recorded"))
-                })?;
+                .ok_or_else(|| EmulatorError::Internal(format!("blob {oid} is shorter than recorded")))?;
             Box::pin(futures::stream::iter([Ok(Bytes::copy_from_slice(chunk))]))
         }
         Content::Xet(hash) => {
@@ -166,9 +146,7 @@ async fn respond(s: &AppState, method: &Method, req: &HeaderMap, t: Target) -> R
         }
     };
     let shared: Arc<Shared> = s.clone();
-    let body = Body::from_stream(Counted::new(stream, move |n| {
-        shared.metrics.resolve_bytes_served(n)
-    }));
+    let body = Body::from_stream(Counted::new(stream, move |n| shared.metrics.resolve_bytes_served(n)));
     Ok((status, h, body).into_response())
 }
 
@@ -183,9 +161,7 @@ fn etag_matches(req: &HeaderMap, etag: &str) -> bool {
     let Some(v) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    v.split(',')
-        .map(|t| t.trim().trim_start_matches("W/").trim_matches('"'))
-        .any(|t| t == "*" || t == etag)
+    v.split(',').map(|t| t.trim().trim_start_matches("W/").trim_matches('"')).any(|t| t == "*" || t == etag)
 }
 
 /// Parses a single-range `Range` header against a file of `size` bytes; returns the
@@ -203,14 +179,8 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> Result<Option<Rang
     let range = match (start.is_empty(), end.is_empty()) {
         (false, _) => {
             let start: u64 = start.parse().map_err(|_| bad())?;
-            let end = if end.is_empty() {
-                size
-            } else {
-                end.parse::<u64>()
-                    .map_err(|_| bad())?
-                    .saturating_add(1)
-                    .min(size)
-            };
+            let end =
+                if end.is_empty() { size } else { end.parse::<u64>().map_err(|_| bad())?.saturating_add(1).min(size) };
             start..end
         }
         (true, false) => {
@@ -269,10 +239,7 @@ mod tests {
         assert_eq!(r("bytes=-5", 100).unwrap(), Some(95..100));
         assert_eq!(r("bytes=50-500", 100).unwrap(), Some(50..100));
         assert_eq!(r("bytes=0-1,5-6", 100).unwrap(), None);
-        assert!(matches!(
-            r("bytes=100-", 100),
-            Err(EmulatorError::RangeNotSatisfiable { size: 100 })
-        ));
+        assert!(matches!(r("bytes=100-", 100), Err(EmulatorError::RangeNotSatisfiable { size: 100 })));
         assert!(r("bytes=5-2", 100).is_err());
         assert!(r("items=0-1", 100).is_err());
         assert!(r("bytes=0-0", 0).is_err());

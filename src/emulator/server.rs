@@ -68,11 +68,7 @@ impl Shared {
         };
         self.route_names
             .get(&key(method_key))
-            .or_else(|| {
-                (method == Method::HEAD)
-                    .then(|| self.route_names.get(&key("GET")))
-                    .flatten()
-            })
+            .or_else(|| (method == Method::HEAD).then(|| self.route_names.get(&key("GET"))).flatten())
             .or_else(|| self.route_names.get(&key("*")))
             .copied()
             .unwrap_or("unknown")
@@ -126,13 +122,7 @@ struct Routes {
 
 impl Routes {
     /// Adds `method_router` at `path`, counted as `name` for `method` (`*`: every method).
-    fn add(
-        mut self,
-        path: &str,
-        method: &'static str,
-        name: &'static str,
-        mr: MethodRouter<AppState>,
-    ) -> Self {
+    fn add(mut self, path: &str, method: &'static str, name: &'static str, mr: MethodRouter<AppState>) -> Self {
         self.names.insert((path.to_string(), method), name);
         self.router = self.router.route(path, mr);
         self
@@ -140,109 +130,41 @@ impl Routes {
 }
 
 fn route_table() -> Routes {
-    let mut r = Routes {
-        router: Router::new(),
-        names: HashMap::new(),
-    }
-    .add("/metrics", "GET", "metrics", get(metrics))
-    .add("/admin/faults", "GET", "admin_faults", get(get_faults))
-    .add("/admin/faults", "POST", "admin_faults", post(set_faults))
-    // Buckets.
-    .add(
-        "/api/buckets/{ns}",
-        "GET",
-        "bucket_list",
-        get(buckets::list),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}",
-        "POST",
-        "bucket_create",
-        post(buckets::create),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}",
-        "GET",
-        "bucket_info",
-        get(buckets::info),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}",
-        "DELETE",
-        "bucket_delete",
-        delete(buckets::remove),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}/tree",
-        "GET",
-        "bucket_tree",
-        get(buckets::tree),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}/tree/{*prefix}",
-        "GET",
-        "bucket_tree",
-        get(buckets::tree),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}/paths-info",
-        "POST",
-        "bucket_paths_info",
-        post(buckets::paths_info).layer(DefaultBodyLimit::max(MAX_BODY)),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}/batch",
-        "POST",
-        "bucket_batch",
-        post(buckets::batch).layer(DefaultBodyLimit::max(MAX_BODY)),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}/xet-read-token",
-        "GET",
-        "bucket_xet_read_token",
-        get(buckets::read_token),
-    )
-    .add(
-        "/api/buckets/{ns}/{name}/xet-write-token",
-        "GET",
-        "bucket_xet_write_token",
-        get(buckets::write_token),
-    )
-    .add(
-        "/buckets/{ns}/{name}/resolve/{*path}",
-        "GET",
-        "bucket_resolve",
-        get(resolve::bucket),
-    )
-    .add(
-        "/buckets/{ns}/{name}/resolve/{*path}",
-        "HEAD",
-        "bucket_resolve",
-        head(resolve::bucket),
-    );
+    let mut r = Routes { router: Router::new(), names: HashMap::new() }
+        .add("/metrics", "GET", "metrics", get(metrics))
+        .add("/admin/faults", "GET", "admin_faults", get(get_faults))
+        .add("/admin/faults", "POST", "admin_faults", post(set_faults))
+        // Buckets.
+        .add("/api/buckets/{ns}", "GET", "bucket_list", get(buckets::list))
+        .add("/api/buckets/{ns}/{name}", "POST", "bucket_create", post(buckets::create))
+        .add("/api/buckets/{ns}/{name}", "GET", "bucket_info", get(buckets::info))
+        .add("/api/buckets/{ns}/{name}", "DELETE", "bucket_delete", delete(buckets::remove))
+        .add("/api/buckets/{ns}/{name}/tree", "GET", "bucket_tree", get(buckets::tree))
+        .add("/api/buckets/{ns}/{name}/tree/{*prefix}", "GET", "bucket_tree", get(buckets::tree))
+        .add(
+            "/api/buckets/{ns}/{name}/paths-info",
+            "POST",
+            "bucket_paths_info",
+            post(buckets::paths_info).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
+        .add(
+            "/api/buckets/{ns}/{name}/batch",
+            "POST",
+            "bucket_batch",
+            post(buckets::batch).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
+        .add("/api/buckets/{ns}/{name}/xet-read-token", "GET", "bucket_xet_read_token", get(buckets::read_token))
+        .add("/api/buckets/{ns}/{name}/xet-write-token", "GET", "bucket_xet_write_token", get(buckets::write_token))
+        .add("/buckets/{ns}/{name}/resolve/{*path}", "GET", "bucket_resolve", get(resolve::bucket))
+        .add("/buckets/{ns}/{name}/resolve/{*path}", "HEAD", "bucket_resolve", head(resolve::bucket));
     // Repos: the same handlers under each type; `repos::Kind` reads the type from the URL.
     for plural in ["models", "datasets", "spaces"] {
         let api = format!("/api/{plural}/{{ns}}/{{name}}");
         r = r
             .add(&api, "GET", "repo_info", get(repos::info))
-            .add(
-                &format!("{api}/revision/{{rev}}"),
-                "GET",
-                "repo_revision",
-                get(repos::info_at),
-            )
-            .add(
-                &format!("{api}/tree/{{rev}}"),
-                "GET",
-                "repo_tree",
-                get(repos::tree),
-            )
-            .add(
-                &format!("{api}/tree/{{rev}}/{{*path}}"),
-                "GET",
-                "repo_tree",
-                get(repos::tree),
-            )
+            .add(&format!("{api}/revision/{{rev}}"), "GET", "repo_revision", get(repos::info_at))
+            .add(&format!("{api}/tree/{{rev}}"), "GET", "repo_tree", get(repos::tree))
+            .add(&format!("{api}/tree/{{rev}}/{{*path}}"), "GET", "repo_tree", get(repos::tree))
             .add(
                 &format!("{api}/paths-info/{{rev}}"),
                 "POST",
@@ -250,61 +172,36 @@ fn route_table() -> Routes {
                 post(repos::paths_info).layer(DefaultBodyLimit::max(MAX_BODY)),
             )
             .add(&format!("{api}/refs"), "GET", "repo_refs", get(repos::refs))
-            .add(
-                &format!("{api}/commits/{{rev}}"),
-                "GET",
-                "repo_commits",
-                get(repos::commits),
-            )
-            .add(
-                &format!("{api}/xet-read-token/{{rev}}"),
-                "GET",
-                "repo_xet_read_token",
-                get(repos::read_token),
-            );
-        let prefix = if plural == "models" {
-            String::new()
-        } else {
-            format!("/{plural}")
-        };
+            .add(&format!("{api}/commits/{{rev}}"), "GET", "repo_commits", get(repos::commits))
+            .add(&format!("{api}/xet-read-token/{{rev}}"), "GET", "repo_xet_read_token", get(repos::read_token));
+        let prefix = if plural == "models" { String::new() } else { format!("/{plural}") };
         let resolve = format!("{prefix}/{{ns}}/{{name}}/resolve/{{rev}}/{{*path}}");
-        r = r
-            .add(&resolve, "GET", "repo_resolve", get(resolve::repo))
-            .add(&resolve, "HEAD", "repo_resolve", head(resolve::repo));
+        r = r.add(&resolve, "GET", "repo_resolve", get(resolve::repo)).add(
+            &resolve,
+            "HEAD",
+            "repo_resolve",
+            head(resolve::repo),
+        );
     }
     // The CAS, reverse-proxied; names are refined per request by `cas_proxy::route_name`.
-    r.add("/v1/{*rest}", "*", "cas", any(cas_proxy::proxy))
-        .add("/v2/{*rest}", "*", "cas", any(cas_proxy::proxy))
-        .add(
-            "/simulation/xorb-uploads/{grant}",
-            "*",
-            "cas",
-            any(cas_proxy::proxy),
-        )
+    r.add("/v1/{*rest}", "*", "cas", any(cas_proxy::proxy)).add("/v2/{*rest}", "*", "cas", any(cas_proxy::proxy)).add(
+        "/simulation/xorb-uploads/{grant}",
+        "*",
+        "cas",
+        any(cas_proxy::proxy),
+    )
 }
 
 /// Applies faults and counts the request under its route name.
 async fn per_route(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let template = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_default();
+    let template = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_default();
     let mut name = s.route_name(&template, req.method());
     if name == "cas" {
         name = cas_proxy::route_name(req.method(), req.uri().path());
     }
-    let class = if name.starts_with("cas_") {
-        RequestClass::Cas
-    } else {
-        RequestClass::Api
-    };
+    let class = if name.starts_with("cas_") { RequestClass::Cas } else { RequestClass::Api };
     let exempt = matches!(name, "metrics" | "admin_faults");
-    let injected = if exempt {
-        None
-    } else {
-        s.faults.before(class).await
-    };
+    let injected = if exempt { None } else { s.faults.before(class).await };
     let resp = match injected {
         Some(r) => r,
         None => next.run(req).await,
@@ -315,22 +212,12 @@ async fn per_route(State(s): State<AppState>, req: Request, next: Next) -> Respo
 
 async fn not_found(State(s): State<AppState>, method: Method, uri: axum::http::Uri) -> Response {
     s.metrics.request("not_found", 404);
-    let body =
-        serde_json::json!({ "error": format!("no route for {method} {}", uri.path()) }).to_string();
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    let body = serde_json::json!({ "error": format!("no route for {method} {}", uri.path()) }).to_string();
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
 
 async fn get_faults(State(s): State<AppState>) -> Response {
@@ -338,8 +225,8 @@ async fn get_faults(State(s): State<AppState>) -> Response {
 }
 
 async fn set_faults(State(s): State<AppState>, body: axum::body::Bytes) -> Result<Response> {
-    let faults: Faults = serde_json::from_slice(&body)
-        .map_err(|e| EmulatorError::BadRequest(format!("invalid fault settings: {e}")))?;
+    let faults: Faults =
+        serde_json::from_slice(&body).map_err(|e| EmulatorError::BadRequest(format!("invalid fault settings: {e}")))?;
     faults.validate().map_err(EmulatorError::BadRequest)?;
     s.faults.set(faults.clone());
     Ok(axum::Json(faults).into_response())

@@ -167,10 +167,7 @@ impl Store {
             let r: Repo = read_json(&path)?;
             state.repos.insert((r.kind, r.id.clone()), r);
         }
-        Ok(Self {
-            data_dir: data_dir.to_path_buf(),
-            state: RwLock::new(state),
-        })
+        Ok(Self { data_dir: data_dir.to_path_buf(), state: RwLock::new(state) })
     }
 
     pub fn read(&self) -> RwLockReadGuard<'_, StoreState> {
@@ -184,10 +181,7 @@ impl Store {
     }
 
     pub fn save_bucket(&self, bucket: &Bucket) -> Result<()> {
-        write_atomic(
-            &self.bucket_path(&bucket.id),
-            &serde_json::to_vec(bucket).map_err(internal)?,
-        )
+        write_atomic(&self.bucket_path(&bucket.id), &serde_json::to_vec(bucket).map_err(internal)?)
     }
 
     pub fn remove_bucket(&self, id: &str) -> Result<()> {
@@ -201,11 +195,7 @@ impl Store {
     }
 
     pub fn save_repo(&self, repo: &Repo) -> Result<()> {
-        let path = self
-            .data_dir
-            .join("state/repos")
-            .join(repo.kind.plural())
-            .join(format!("{}.json", repo.id));
+        let path = self.data_dir.join("state/repos").join(repo.kind.plural()).join(format!("{}.json", repo.id));
         write_atomic(&path, &serde_json::to_vec(repo).map_err(internal)?)
     }
 
@@ -225,9 +215,7 @@ impl Store {
     }
 
     fn bucket_path(&self, id: &str) -> PathBuf {
-        self.data_dir
-            .join("state/buckets")
-            .join(format!("{id}.json"))
+        self.data_dir.join("state/buckets").join(format!("{id}.json"))
     }
 }
 
@@ -243,16 +231,10 @@ pub fn git_blob_oid(content: &[u8]) -> String {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let io = |what: &str, e| EmulatorError::io(format!("{what} {}", path.display()), e);
-    let dir = path
-        .parent()
-        .ok_or_else(|| EmulatorError::Internal(format!("{} has no parent", path.display())))?;
+    let dir = path.parent().ok_or_else(|| EmulatorError::Internal(format!("{} has no parent", path.display())))?;
     std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = dir.join(format!(".{name}.tmp.{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -267,8 +249,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| EmulatorError::io(format!("reading {}", path.display()), e))?;
+    let bytes = std::fs::read(path).map_err(|e| EmulatorError::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| EmulatorError::Internal(format!("corrupt state file {}: {e}", path.display())))
 }
@@ -285,8 +266,7 @@ fn json_files(root: &Path, depth: usize) -> Result<Vec<PathBuf>> {
                 Err(e) => return Err(EmulatorError::io(format!("listing {}", dir.display()), e)),
             };
             for entry in entries {
-                let entry = entry
-                    .map_err(|e| EmulatorError::io(format!("listing {}", dir.display()), e))?;
+                let entry = entry.map_err(|e| EmulatorError::io(format!("listing {}", dir.display()), e))?;
                 let path = entry.path();
                 let is_last = d + 1 == depth;
                 let name = entry.file_name();
@@ -318,14 +298,8 @@ mod tests {
     #[test]
     fn blob_oid_matches_git() {
         // `printf 'hello\n' | git hash-object --stdin`
-        assert_eq!(
-            git_blob_oid(b"hello\n"),
-            "ce013625030ba8dba906f756967f9e9ca394464a"
-        );
-        assert_eq!(
-            git_blob_oid(b""),
-            "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
-        );
+        assert_eq!(git_blob_oid(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(git_blob_oid(b""), "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
     }
 
     #[test]
@@ -335,23 +309,12 @@ mod tests {
         let mut b = Bucket::new("ns/b", true, 5);
         b.insert(
             "a/x".into(),
-            BucketFile {
-                xet_hash: "h".into(),
-                size: 7,
-                mtime_ms: 1,
-                uploaded_ms: 2,
-                content_type: None,
-            },
+            BucketFile { xet_hash: "h".into(), size: 7, mtime_ms: 1, uploaded_ms: 2, content_type: None },
         );
         store.save_bucket(&b).unwrap();
         let oid = store.put_blob(b"hi").unwrap();
-        let commit = Commit {
-            id: "c".repeat(40),
-            parent: None,
-            created_ms: 3,
-            title: "t".into(),
-            files: BTreeMap::new(),
-        };
+        let commit =
+            Commit { id: "c".repeat(40), parent: None, created_ms: 3, title: "t".into(), files: BTreeMap::new() };
         let repo = Repo {
             kind: RepoKind::Dataset,
             id: "ns/r".into(),

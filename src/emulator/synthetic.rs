@@ -44,13 +44,7 @@ impl SyntheticBucket {
     }
 
     pub fn key(&self, n: u64) -> String {
-        format!(
-            "d{:0dw$}/f{:0fw$}",
-            n / FILES_PER_DIR,
-            n,
-            dw = self.dir_width,
-            fw = self.file_width
-        )
+        format!("d{:0dw$}/f{:0fw$}", n / FILES_PER_DIR, n, dw = self.dir_width, fw = self.file_width)
     }
 
     pub fn total_size(&self) -> u64 {
@@ -73,11 +67,7 @@ impl SyntheticBucket {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let k = self.key(mid);
-            let before = if strict {
-                k.as_str() <= s
-            } else {
-                k.as_str() < s
-            };
+            let before = if strict { k.as_str() <= s } else { k.as_str() < s };
             if before {
                 lo = mid + 1;
             } else {
@@ -91,10 +81,7 @@ impl SyntheticBucket {
 impl KeySpace for SyntheticBucket {
     type Value = BucketFile;
 
-    fn iter_from<'a>(
-        &'a self,
-        from: Bound<&str>,
-    ) -> Box<dyn Iterator<Item = (Cow<'a, str>, BucketFile)> + 'a> {
+    fn iter_from<'a>(&'a self, from: Bound<&str>) -> Box<dyn Iterator<Item = (Cow<'a, str>, BucketFile)> + 'a> {
         let start = match from {
             Bound::Included(s) => self.lower_bound(s, false),
             Bound::Excluded(s) => self.lower_bound(s, true),
@@ -128,15 +115,9 @@ mod tests {
         assert_eq!(
             root,
             vec![
-                Item::Dir {
-                    path: "d0000".into()
-                },
-                Item::Dir {
-                    path: "d0001".into()
-                },
-                Item::Dir {
-                    path: "d0002".into()
-                }
+                Item::Dir { path: "d0000".into() },
+                Item::Dir { path: "d0001".into() },
+                Item::Dir { path: "d0002".into() }
             ]
         );
         assert!(next.is_none());
@@ -151,10 +132,7 @@ mod tests {
             }
         }
         assert_eq!(seen, 500);
-        assert!(matches!(
-            lookup(&b, "d0001/f001999"),
-            Some(Item::File { .. })
-        ));
+        assert!(matches!(lookup(&b, "d0001/f001999"), Some(Item::File { .. })));
         assert!(matches!(lookup(&b, "d0001"), Some(Item::Dir { .. })));
         assert_eq!(lookup(&b, "d0001/f002000"), None);
         assert_eq!(lookup(&b, "d0003"), None);
@@ -167,9 +145,6 @@ mod tests {
         let (items, next) = page(&b, &Scope::dir("d0500"), true, None, 3);
         assert_eq!(items.len(), 3);
         assert!(next.is_some());
-        assert_eq!(
-            b.key_before("d0500/f500000").as_deref(),
-            Some("d0499/f499999")
-        );
+        assert_eq!(b.key_before("d0500/f500000").as_deref(), Some("d0499/f499999"));
     }
 }

@@ -45,10 +45,7 @@ pub struct ContentCache {
 
 impl std::fmt::Debug for ContentCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContentCache")
-            .field("dir", &self.dir)
-            .field("limit", &self.limit)
-            .finish()
+        f.debug_struct("ContentCache").field("dir", &self.dir).field("limit", &self.limit).finish()
     }
 }
 
@@ -87,10 +84,7 @@ impl ContentCache {
     /// The blob for `key` holding `size` bytes, shared with other users in this process.
     pub fn blob(self: &Arc<Self>, key: &str, size: u64) -> io::Result<Arc<Blob>> {
         if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || key.len() < 3 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad cache key {key:?}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad cache key {key:?}")));
         }
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = live.get(key).and_then(Weak::upgrade)
@@ -103,18 +97,8 @@ impl ContentCache {
             std::fs::create_dir_all(parent)?;
         }
         let blocks = size.div_ceil(BLOCK_SIZE);
-        let data = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&data_path)?;
-        let map = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&map_path)?;
+        let data = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&data_path)?;
+        let map = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&map_path)?;
         if data.metadata()?.len() != size || map.metadata()?.len() != blocks {
             // New, or inconsistent (interrupted creation): start empty.
             map.set_len(0)?;
@@ -140,9 +124,7 @@ impl ContentCache {
 
     fn note_written(&self, bytes: u64) {
         self.counters.blocks_written.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes_written
-            .fetch_add(bytes, Ordering::Relaxed);
+        self.counters.bytes_written.fetch_add(bytes, Ordering::Relaxed);
         let usage = self.usage.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if self.limit > 0 && usage > self.limit {
             self.evict_soon();
@@ -180,10 +162,7 @@ impl ContentCache {
                     Err(_) => continue,
                 };
                 let bytes = map.iter().filter(|b| **b == 1).count() as u64 * BLOCK_SIZE;
-                let used = f
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                let used = f.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
                 total += bytes;
                 blobs.push((used, key.to_string(), bytes));
             }
@@ -266,9 +245,7 @@ impl Blob {
     /// Whether every block of `blocks` is present in memory's view.
     pub fn has_all(&self, blocks: Range<u64>) -> bool {
         let p = self.present.lock().unwrap_or_else(|p| p.into_inner());
-        blocks
-            .clone()
-            .all(|b| p.get(b as usize).is_some_and(|v| *v == 1))
+        blocks.clone().all(|b| p.get(b as usize).is_some_and(|v| *v == 1))
     }
 
     pub fn is_complete(&self) -> bool {
@@ -296,10 +273,7 @@ impl Blob {
     pub fn write_block(&self, b: u64, bytes: &[u8]) -> io::Result<()> {
         let range = self.block_bytes(b);
         if bytes.len() as u64 != range.end - range.start {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "block length mismatch",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "block length mismatch"));
         }
         self.data.write_all_at(bytes, range.start)?;
         self.map.write_all_at(&[1], b)?;
@@ -366,10 +340,8 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let keep = c.blob("xet-new", 2 * BLOCK_SIZE).unwrap();
-        keep.write_block(0, &vec![1u8; BLOCK_SIZE as usize])
-            .unwrap();
-        keep.write_block(1, &vec![1u8; BLOCK_SIZE as usize])
-            .unwrap();
+        keep.write_block(0, &vec![1u8; BLOCK_SIZE as usize]).unwrap();
+        keep.write_block(1, &vec![1u8; BLOCK_SIZE as usize]).unwrap();
         assert!(c.usage() <= 3 * BLOCK_SIZE, "usage {}", c.usage());
         let (data_old, _) = c.paths("xet-old");
         let (data_new, _) = c.paths("xet-new");

@@ -23,6 +23,16 @@ pub enum FsError {
     BadHandle,
     #[error("operation not supported")]
     Unsupported,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("no space left in the staging area")]
+    NoSpace,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("invalid argument")]
+    Invalid,
     #[error(transparent)]
     Remote(#[from] RemoteError),
     #[error("local I/O error: {0}")]

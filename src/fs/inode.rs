@@ -8,7 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Instant, SystemTime};
 
+use std::sync::Arc;
+
 use super::attr::{FileKind, Ino, ROOT_INO};
+use super::layer::{LocalEntry, LocalKind, MergedEntry};
 use crate::hub::{ContentId, EntryKind, RemoteEntry};
 
 /// A directory's known children.
@@ -42,6 +45,8 @@ pub(crate) struct Node {
     /// Removed from its parent while the kernel still referenced it.
     pub detached: bool,
     pub dir: Option<Box<DirState>>,
+    /// The local layer entry this inode shows (its attributes and bytes win over the remote).
+    pub local: Option<Arc<LocalEntry>>,
 }
 
 /// How a remote entry changed an existing child.
@@ -94,15 +99,10 @@ impl InodeTable {
                 cached_content: None,
                 detached: false,
                 dir: Some(Box::default()),
+                local: None,
             },
         );
-        InodeTable {
-            nodes,
-            next_ino: ROOT_INO + 1,
-            tick: 0,
-            max_nodes: max_nodes.max(16),
-            default_mtime,
-        }
+        InodeTable { nodes, next_ino: ROOT_INO + 1, tick: 0, max_nodes: max_nodes.max(16), default_mtime }
     }
 
     pub fn len(&self) -> usize {
@@ -142,47 +142,76 @@ impl InodeTable {
         Some(parts.join("/"))
     }
 
-    pub fn child(&self, parent: Ino, name: &str) -> Option<Ino> {
-        self.nodes
-            .get(&parent)?
-            .dir
-            .as_ref()?
-            .entries
-            .get(name)
-            .copied()
+    /// The inode at `path`, if every component is cached.
+    pub fn resolve(&self, path: &str) -> Option<Ino> {
+        let mut cur = ROOT_INO;
+        if path.is_empty() {
+            return Some(cur);
+        }
+        for part in path.split('/') {
+            cur = self.child(cur, part)?;
+        }
+        Some(cur)
     }
 
-    /// Insert or update the child described by `entry` (whose last path component is the name).
+    pub fn child(&self, parent: Ino, name: &str) -> Option<Ino> {
+        self.nodes.get(&parent)?.dir.as_ref()?.entries.get(name).copied()
+    }
+
+    /// Insert or update the child described by a remote entry (no local state).
     pub fn upsert_child(&mut self, parent: Ino, entry: &RemoteEntry) -> (Ino, Change) {
+        self.upsert_merged(parent, &MergedEntry { remote: entry.clone(), local: None })
+    }
+
+    /// Insert or update the child described by `m` (whose last path component is the name).
+    /// A local entry wins: the remote side of a locally changed file is not looked at.
+    pub fn upsert_merged(&mut self, parent: Ino, m: &MergedEntry) -> (Ino, Change) {
+        let entry = &m.remote;
         let name = entry.name();
-        let kind = match entry.kind {
-            EntryKind::File => FileKind::File,
-            EntryKind::Dir => FileKind::Dir,
+        let kind = match (&m.local, entry.kind) {
+            (Some(l), _) if l.lock().kind == LocalKind::Symlink => FileKind::Symlink,
+            (_, EntryKind::File) => FileKind::File,
+            (_, EntryKind::Dir) => FileKind::Dir,
         };
         let mtime = entry.mtime.unwrap_or(self.default_mtime);
         if let Some(ino) = self.child(parent, name) {
-            let node = self
-                .nodes
-                .get_mut(&ino)
-                .expect("child index points to a live inode");
+            let node = self.nodes.get_mut(&ino).expect("child index points to a live inode");
             if node.kind == kind {
                 node.validated = Instant::now();
-                if kind == FileKind::Dir {
+                let was_local = node.local.is_some();
+                node.local = m.local.clone();
+                if kind == FileKind::Dir || m.local.is_some() {
                     return (ino, Change::Same);
                 }
                 let changed =
-                    node.content != entry.content || node.size != entry.size || node.mtime != mtime;
+                    was_local || node.content != entry.content || node.size != entry.size || node.mtime != mtime;
                 if changed {
                     node.content = entry.content.clone();
                     node.size = entry.size;
                     node.mtime = mtime;
-                    return (ino, Change::Changed);
+                    return (ino, if was_local { Change::Same } else { Change::Changed });
                 }
                 return (ino, Change::Same);
             }
             // A file became a directory or the reverse: a different object under the same name.
             self.detach_child(parent, name);
         }
+        let ino = self.insert_node(parent, name, kind, entry.size, mtime, entry.content.clone(), m.local.clone());
+        (ino, Change::Added)
+    }
+
+    /// Add a brand-new child inode.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_node(
+        &mut self,
+        parent: Ino,
+        name: &str,
+        kind: FileKind,
+        size: u64,
+        mtime: SystemTime,
+        content: Option<ContentId>,
+        local: Option<Arc<LocalEntry>>,
+    ) -> Ino {
         let ino = self.next_ino;
         self.next_ino += 1;
         self.tick += 1;
@@ -192,9 +221,9 @@ impl InodeTable {
                 parent,
                 name: name.into(),
                 kind,
-                size: entry.size,
+                size,
                 mtime,
-                content: entry.content.clone(),
+                content,
                 lookups: 0,
                 opens: 0,
                 touched: self.tick,
@@ -202,23 +231,51 @@ impl InodeTable {
                 cached_content: None,
                 detached: false,
                 dir: (kind == FileKind::Dir).then(Box::default),
+                local,
             },
         );
         if let Some(d) = self.nodes.get_mut(&parent).and_then(|p| p.dir.as_mut()) {
             d.entries.insert(name.into(), ino);
         }
-        (ino, Change::Added)
+        ino
+    }
+
+    /// Move child `name` of `parent` to `new_name` in `new_parent`, replacing what was there.
+    pub fn rename_child(&mut self, parent: Ino, name: &str, new_parent: Ino, new_name: &str) -> Option<Ino> {
+        let ino = self.nodes.get_mut(&parent)?.dir.as_mut()?.entries.remove(name)?;
+        if let Some(old) = self.child(new_parent, new_name)
+            && old != ino
+        {
+            self.detach_child(new_parent, new_name);
+        }
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.parent = new_parent;
+            n.name = new_name.into();
+        }
+        if let Some(d) = self.nodes.get_mut(&new_parent).and_then(|p| p.dir.as_mut()) {
+            d.entries.insert(new_name.into(), ino);
+        }
+        Some(ino)
+    }
+
+    /// Materialized descendants of `dir` (depth first), for re-linking after a rename.
+    pub fn descendants(&self, dir: Ino) -> Vec<Ino> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            if let Some(ds) = self.nodes.get(&d).and_then(|n| n.dir.as_ref()) {
+                for &c in ds.entries.values() {
+                    out.push(c);
+                    stack.push(c);
+                }
+            }
+        }
+        out
     }
 
     /// Remove `name` from `parent`; the inode lives on (detached) while the kernel holds it.
     pub fn detach_child(&mut self, parent: Ino, name: &str) -> Option<Ino> {
-        let ino = self
-            .nodes
-            .get_mut(&parent)?
-            .dir
-            .as_mut()?
-            .entries
-            .remove(name)?;
+        let ino = self.nodes.get_mut(&parent)?.dir.as_mut()?.entries.remove(name)?;
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.detached = true;
         }
@@ -227,16 +284,16 @@ impl InodeTable {
     }
 
     /// Reconcile `dir`'s children with a complete fresh listing.
-    pub fn apply_listing(&mut self, dir: Ino, entries: &[RemoteEntry]) -> ListingDiff {
+    pub fn apply_listing(&mut self, dir: Ino, entries: &[MergedEntry]) -> ListingDiff {
         let mut diff = ListingDiff::default();
         let mut seen = std::collections::HashSet::with_capacity(entries.len());
-        for e in entries {
-            let name = e.name();
+        for m in entries {
+            let name = m.remote.name();
             if name.is_empty() || name.len() > 255 {
                 continue;
             }
             seen.insert(name);
-            let (ino, change) = self.upsert_child(dir, e);
+            let (ino, change) = self.upsert_merged(dir, m);
             match change {
                 Change::Added => diff.added.push(name.to_string()),
                 Change::Changed => diff.changed.push(ino),
@@ -244,12 +301,7 @@ impl InodeTable {
             }
         }
         let gone: Vec<String> = match self.nodes.get(&dir).and_then(|d| d.dir.as_ref()) {
-            Some(d) => d
-                .entries
-                .keys()
-                .filter(|k| !seen.contains(&***k))
-                .map(|k| k.to_string())
-                .collect(),
+            Some(d) => d.entries.keys().filter(|k| !seen.contains(&***k)).map(|k| k.to_string()).collect(),
             None => Vec::new(),
         };
         for name in gone {
@@ -288,11 +340,7 @@ impl InodeTable {
             return;
         };
         if n.detached && n.lookups == 0 && n.opens == 0 {
-            let children: Vec<Ino> = n
-                .dir
-                .as_ref()
-                .map(|d| d.entries.values().copied().collect())
-                .unwrap_or_default();
+            let children: Vec<Ino> = n.dir.as_ref().map(|d| d.entries.values().copied().collect()).unwrap_or_default();
             self.nodes.remove(&ino);
             // Children of a vanished directory are unreachable by path; detach them too.
             for c in children {
@@ -324,16 +372,8 @@ impl InodeTable {
             }
             let Some(base) = self.path(ino) else { continue };
             for (name, c) in &d.entries {
-                if self
-                    .nodes
-                    .get(c)
-                    .is_some_and(|cn| cn.kind == FileKind::File)
-                {
-                    let path = if base.is_empty() {
-                        name.to_string()
-                    } else {
-                        format!("{base}/{name}")
-                    };
+                if self.nodes.get(c).is_some_and(|cn| cn.kind == FileKind::File) {
+                    let path = if base.is_empty() { name.to_string() } else { format!("{base}/{name}") };
                     out.push((ino, path));
                 }
             }
@@ -354,6 +394,7 @@ impl InodeTable {
                 **ino != ROOT_INO
                     && n.lookups == 0
                     && n.opens == 0
+                    && n.local.is_none()
                     && n.dir.as_ref().is_none_or(|d| d.entries.is_empty())
             })
             .map(|(ino, n)| (n.touched, *ino))
@@ -396,23 +437,17 @@ mod tests {
     }
 
     fn dir(path: &str) -> RemoteEntry {
-        RemoteEntry {
-            path: path.into(),
-            kind: EntryKind::Dir,
-            size: 0,
-            mtime: None,
-            content: None,
-        }
+        RemoteEntry { path: path.into(), kind: EntryKind::Dir, size: 0, mtime: None, content: None }
     }
 
     #[test]
     fn listing_diff_reports_added_changed_removed() {
         let mut t = InodeTable::new(1000, SystemTime::UNIX_EPOCH);
-        let d = t.apply_listing(ROOT_INO, &[file("a", 1, "h1"), dir("sub")]);
+        let d = t.apply(ROOT_INO, &[file("a", 1, "h1"), dir("sub")]);
         assert_eq!(d.added.len(), 2);
         let a = t.child(ROOT_INO, "a").unwrap();
         assert_eq!(t.path(a).unwrap(), "a");
-        let d = t.apply_listing(ROOT_INO, &[file("a", 2, "h2"), file("b", 1, "h3")]);
+        let d = t.apply(ROOT_INO, &[file("a", 2, "h2"), file("b", 1, "h3")]);
         assert_eq!(d.added, vec!["b".to_string()]);
         assert_eq!(d.changed, vec![a]);
         assert_eq!(d.removed.len(), 1);
@@ -423,10 +458,10 @@ mod tests {
     #[test]
     fn referenced_inodes_survive_removal_until_forgotten() {
         let mut t = InodeTable::new(1000, SystemTime::UNIX_EPOCH);
-        t.apply_listing(ROOT_INO, &[file("a", 1, "h1")]);
+        t.apply(ROOT_INO, &[file("a", 1, "h1")]);
         let a = t.child(ROOT_INO, "a").unwrap();
         t.add_lookup(a);
-        t.apply_listing(ROOT_INO, &[]);
+        t.apply(ROOT_INO, &[]);
         assert!(t.get(a).is_some_and(|n| n.detached));
         assert!(t.path(a).is_none());
         t.forget(a, 1);
@@ -436,9 +471,9 @@ mod tests {
     #[test]
     fn file_turned_directory_gets_a_new_inode() {
         let mut t = InodeTable::new(1000, SystemTime::UNIX_EPOCH);
-        t.apply_listing(ROOT_INO, &[file("x", 1, "h")]);
+        t.apply(ROOT_INO, &[file("x", 1, "h")]);
         let old = t.child(ROOT_INO, "x").unwrap();
-        t.apply_listing(ROOT_INO, &[dir("x")]);
+        t.apply(ROOT_INO, &[dir("x")]);
         let new = t.child(ROOT_INO, "x").unwrap();
         assert_ne!(old, new);
         assert_eq!(t.get(new).unwrap().kind, FileKind::Dir);
@@ -448,21 +483,13 @@ mod tests {
     fn eviction_keeps_referenced_and_clears_listed_mark() {
         let mut t = InodeTable::new(20, SystemTime::UNIX_EPOCH);
         let entries: Vec<_> = (0..100).map(|i| file(&format!("f{i}"), 1, "h")).collect();
-        t.apply_listing(ROOT_INO, &entries);
+        t.apply(ROOT_INO, &entries);
         let kept = t.child(ROOT_INO, "f99").unwrap();
         t.add_lookup(kept);
         let evicted = t.evict_over_cap();
         assert!(evicted > 0);
         assert!(t.len() <= 20);
         assert!(t.get(kept).is_some());
-        assert!(
-            t.get(ROOT_INO)
-                .unwrap()
-                .dir
-                .as_ref()
-                .unwrap()
-                .listed
-                .is_none()
-        );
+        assert!(t.get(ROOT_INO).unwrap().dir.as_ref().unwrap().listed.is_none());
     }
 }

@@ -29,10 +29,7 @@ pub(crate) struct ReadAhead {
 
 impl Default for ReadAhead {
     fn default() -> Self {
-        ReadAhead {
-            next: 0,
-            window: MIN_WINDOW,
-        }
+        ReadAhead { next: 0, window: MIN_WINDOW }
     }
 }
 
@@ -42,14 +39,9 @@ impl ReadAhead {
     fn observe(&mut self, offset: u64, end: u64) -> u64 {
         // The kernel may reorder or overlap a little; anything starting within one window of
         // where the last read ended counts as sequential.
-        let sequential =
-            offset <= self.next && self.next <= offset.saturating_add(self.window) && offset > 0
-                || (offset == 0 && self.next == 0);
-        self.window = if sequential {
-            (self.window * 2).min(MAX_WINDOW)
-        } else {
-            MIN_WINDOW
-        };
+        let sequential = offset <= self.next && self.next <= offset.saturating_add(self.window) && offset > 0
+            || (offset == 0 && self.next == 0);
+        self.window = if sequential { (self.window * 2).min(MAX_WINDOW) } else { MIN_WINDOW };
         self.next = end;
         if sequential { self.window } else { 0 }
     }
@@ -69,10 +61,7 @@ pub(crate) async fn read<R: Remote>(
         return Ok(Vec::new());
     }
     let need = blob.blocks_of(offset..end);
-    let ahead = ra
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .observe(offset, end);
+    let ahead = ra.lock().unwrap_or_else(|p| p.into_inner()).observe(offset, end);
     let want = match file.content {
         // Small git files come whole: one request, and no doubt about range support.
         ContentId::Git(_) => blob.blocks_of(0..file.size),
@@ -89,12 +78,7 @@ pub(crate) async fn read<R: Remote>(
 }
 
 /// Wait until every block of `need` is present, restarting fetches that vanished.
-async fn wait_for<R: Remote>(
-    remote: &Arc<R>,
-    file: &RemoteFile,
-    blob: &Arc<Blob>,
-    need: Range<u64>,
-) -> FsResult<()> {
+async fn wait_for<R: Remote>(remote: &Arc<R>, file: &RemoteFile, blob: &Arc<Blob>, need: Range<u64>) -> FsResult<()> {
     loop {
         let notified = blob.notify.notified();
         tokio::pin!(notified);
@@ -126,12 +110,7 @@ async fn wait_for<R: Remote>(
 }
 
 /// Start background fetches for the blocks of `want` that are neither present nor in flight.
-fn start_fetches<R: Remote>(
-    remote: &Arc<R>,
-    file: &RemoteFile,
-    blob: &Arc<Blob>,
-    want: Range<u64>,
-) {
+fn start_fetches<R: Remote>(remote: &Arc<R>, file: &RemoteFile, blob: &Arc<Blob>, want: Range<u64>) {
     let runs = {
         let mut st = blob.fetch.lock().unwrap_or_else(|p| p.into_inner());
         let mut runs: Vec<Range<u64>> = Vec::new();
@@ -171,11 +150,7 @@ async fn fetch_run<R: Remote>(remote: &R, file: &RemoteFile, blob: &Blob, run: R
                 let block = buf.split_to(len);
                 blob.write_block(next, &block)
                     .map_err(|e| RemoteError::Other(format!("writing the content cache: {e}")))?;
-                blob.fetch
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .inflight
-                    .remove(&next);
+                blob.fetch.lock().unwrap_or_else(|p| p.into_inner()).inflight.remove(&next);
                 next += 1;
             }
         }
@@ -183,10 +158,7 @@ async fn fetch_run<R: Remote>(remote: &R, file: &RemoteFile, blob: &Blob, run: R
             return Err(RemoteError::Unavailable(format!(
                 "{}: the remote sent {} fewer bytes than asked",
                 file.path,
-                bytes.end
-                    - bytes.start
-                    - (blob.block_bytes(next).start - bytes.start)
-                    - buf.len() as u64
+                bytes.end - bytes.start - (blob.block_bytes(next).start - bytes.start) - buf.len() as u64
             )));
         }
         Ok(())
@@ -219,10 +191,6 @@ mod tests {
             off += 131072;
         }
         assert_eq!(w, MAX_WINDOW);
-        assert_eq!(
-            ra.observe(25 << 20, (25 << 20) + 4096),
-            0,
-            "a seek is random access"
-        );
+        assert_eq!(ra.observe(25 << 20, (25 << 20) + 4096), 0, "a seek is random access");
     }
 }

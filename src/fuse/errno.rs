@@ -17,6 +17,11 @@ pub fn errno(e: &FsError) -> Errno {
         FsError::InvalidName => Errno::EINVAL,
         FsError::BadHandle => Errno::EBADF,
         FsError::Unsupported => Errno::ENOTSUP,
+        FsError::Exists => Errno::EEXIST,
+        FsError::NotEmpty => Errno::ENOTEMPTY,
+        FsError::NoSpace => Errno::ENOSPC,
+        FsError::NotPermitted => Errno::EPERM,
+        FsError::Invalid => Errno::EINVAL,
         FsError::Io(io) => {
             tracing::warn!(error = %io, "local I/O error");
             Errno::from(io.kind())

@@ -22,22 +22,20 @@ pub struct KernelInvalidator {
 impl KernelInvalidator {
     pub fn start(notifier: Notifier) -> Self {
         let (tx, rx) = channel::<Msg>();
-        let spawned = std::thread::Builder::new()
-            .name("hf-csi-inval".into())
-            .spawn(move || {
-                for msg in rx {
-                    let r = match &msg {
-                        Msg::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name),
-                        Msg::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
-                    };
-                    // ENOENT just means the kernel had nothing cached.
-                    if let Err(e) = r
-                        && e.raw_os_error() != Some(libc::ENOENT)
-                    {
-                        tracing::debug!(error = %e, "kernel invalidation failed");
-                    }
+        let spawned = std::thread::Builder::new().name("hf-csi-inval".into()).spawn(move || {
+            for msg in rx {
+                let r = match &msg {
+                    Msg::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name),
+                    Msg::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                };
+                // ENOENT just means the kernel had nothing cached.
+                if let Err(e) = r
+                    && e.raw_os_error() != Some(libc::ENOENT)
+                {
+                    tracing::debug!(error = %e, "kernel invalidation failed");
                 }
-            });
+            }
+        });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the invalidation thread; remote changes show after the TTL");
         }

@@ -12,17 +12,20 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use std::path::Path;
+
 use fuser::{
-    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use tokio::runtime::Handle;
 
 pub use errno::errno;
 pub use session::{MountHandle, MountOptions, mount};
 
-use crate::fs::{self as core, Attr, FileKind, Fs};
+use crate::fs::{self as core, Attr, FileKind, Fs, SetAttr, TimeSet};
 use crate::hub::Remote;
 
 /// Reported as `st_blksize`; large blocks make `cp`/`cat` issue large reads.
@@ -68,12 +71,20 @@ fn fuse_attr(a: &Attr) -> FileAttr {
     }
 }
 
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(t),
+    }
+}
+
 fn open_flags(flags: OpenFlags) -> core::OpenFlags {
     let raw = flags.0;
     let acc = raw & libc::O_ACCMODE;
     core::OpenFlags {
         write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
         truncate: raw & libc::O_TRUNC != 0,
+        append: raw & libc::O_APPEND != 0,
     }
 }
 
@@ -82,10 +93,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         // Each capability is optional: take what the kernel offers.
         for (flag, why) in [
             // Let `ls -l` fetch names and attributes in one pass, but only when it helps.
-            (
-                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
-                "readdirplus",
-            ),
+            (InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO, "readdirplus"),
             // Lookups in different directories may run concurrently.
             (InitFlags::FUSE_PARALLEL_DIROPS, "parallel dirops"),
             // Drop cached pages when a file's size or mtime changes under us.
@@ -134,11 +142,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         self.rt.spawn(async move {
             match fs.open(ino.0, open_flags(flags)).await {
                 Ok(o) => {
-                    let f = if o.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
+                    let f = if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                     reply.opened(FileHandle(o.fh), f)
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -166,15 +170,189 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn flush(
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.fs.flush_handle(ino.0, fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fsync(ino.0, fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (fs, data) = (self.fs.clone(), data.to_vec());
+        self.rt.spawn(async move {
+            match fs.write(ino.0, fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (fs, name, uid, gid) = (self.fs.clone(), name.to_owned(), req.uid(), req.gid());
+        self.rt.spawn(async move {
+            let exclusive = flags & libc::O_EXCL != 0;
+            match fs.create(parent.0, &name, mode, umask, open_flags(OpenFlags(flags)), exclusive, uid, gid).await {
+                Ok((e, o)) => reply.created(
+                    &e.ttl,
+                    &fuse_attr(&e.attr),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    if o.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() },
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fs = self.fs.clone();
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(time_set),
+            atime: atime.map(time_set),
+            fh: fh.map(|f| f.0),
+        };
+        self.rt.spawn(async move {
+            match fs.setattr(ino.0, a).await {
+                Ok((a, ttl)) => reply.attr(&ttl, &fuse_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let (fs, name, uid, gid) = (self.fs.clone(), name.to_owned(), req.uid(), req.gid());
+        self.rt.spawn(async move {
+            match fs.mkdir(parent.0, &name, mode, umask, uid, gid).await {
+                Ok(e) => reply.entry(&e.ttl, &fuse_attr(&e.attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Devices, FIFOs and sockets cannot be stored remotely.
+        reply.error(if self.fs.config().read_only() { Errno::EROFS } else { Errno::EPERM });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (fs, name, target, uid, gid) =
+            (self.fs.clone(), link_name.to_owned(), target.to_path_buf(), req.uid(), req.gid());
+        self.rt.spawn(async move {
+            match fs.symlink(parent.0, &name, &target, uid, gid).await {
+                Ok(e) => reply.entry(&e.ttl, &fuse_attr(&e.attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        match self.fs.link() {
+            Ok(e) => reply.entry(&e.ttl, &fuse_attr(&e.attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        self.rt.spawn(async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        self.rt.spawn(async move {
+            match fs.rmdir(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        let (fs, name, newname) = (self.fs.clone(), name.to_owned(), newname.to_owned());
+        self.rt.spawn(async move {
+            match fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn release(
@@ -201,14 +379,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.readdir(ino.0, fh.0, offset).await {
@@ -225,14 +396,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.readdir(ino.0, fh.0, offset).await {
@@ -266,16 +430,49 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn releasedir(
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        // No extended attributes are stored (the remote has none).
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    }
+
+    fn setxattr(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENODATA);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

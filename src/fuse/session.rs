@@ -54,9 +54,7 @@ impl MountHandle {
                 Ok(())
             }
             // Already unmounted (e.g. by `umount`): the request loop ends by itself.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
-                session.join()
-            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => session.join(),
             Err(e) => Err(e),
         }
     }
@@ -70,10 +68,7 @@ impl MountHandle {
 impl Drop for MountHandle {
     fn drop(&mut self) {
         if self.session.is_some() {
-            let handle = MountHandle {
-                session: self.session.take(),
-                mountpoint: self.mountpoint.clone(),
-            };
+            let handle = MountHandle { session: self.session.take(), mountpoint: self.mountpoint.clone() };
             if let Err(e) = handle.unmount() {
                 tracing::warn!(mountpoint = %self.mountpoint.display(), error = %e, "unmount failed");
             }
@@ -86,30 +81,13 @@ fn unmount_path(path: &Path, flags: i32) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in mountpoint"))?;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Mount `fs` at `mountpoint`, serving requests on the current tokio runtime.
-pub fn mount<R: Remote>(
-    fs: Arc<Fs<R>>,
-    mountpoint: &Path,
-    opts: &MountOptions,
-) -> std::io::Result<MountHandle> {
-    let fs_name: String = opts
-        .fs_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != ',' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+pub fn mount<R: Remote>(fs: Arc<Fs<R>>, mountpoint: &Path, opts: &MountOptions) -> std::io::Result<MountHandle> {
+    let fs_name: String =
+        opts.fs_name.chars().map(|c| if c.is_ascii_graphic() && c != ',' { c } else { '_' }).collect();
     let mut options = vec![
         MountOption::FSName(fs_name),
         MountOption::Subtype("hf-csi".into()),
@@ -123,11 +101,7 @@ pub fn mount<R: Remote>(
     }
     let mut config = Config::default();
     config.mount_options = options;
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
+    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = opts.threads > 1;
     let rt = tokio::runtime::Handle::current();
@@ -136,8 +110,5 @@ pub fn mount<R: Remote>(
     fs.set_invalidator(Arc::new(KernelInvalidator::start(session.notifier())));
     let bg = session.spawn()?;
     let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    Ok(MountHandle {
-        session: Some(bg),
-        mountpoint,
-    })
+    Ok(MountHandle { session: Some(bg), mountpoint })
 }

@@ -15,7 +15,7 @@ use xet::xet_session::{XetConfig, XetSession, XetSessionBuilder};
 
 use super::error::RemoteError;
 use super::remote::{
-    ByteStream, ContentId, EntryKind, Remote, RemoteEntry, RemoteFile, SourceInfo,
+    ByteStream, CommitAdd, ContentId, EntryKind, Remote, RemoteEntry, RemoteFile, SourceInfo, Uploaded,
 };
 use super::retry::{RetryPolicy, from_hf, with_retry};
 use super::source::{RepoKind, Source};
@@ -35,15 +35,15 @@ pub struct HubRemoteConfig {
 
 /// The [`Remote`] of one bucket prefix or repo subfolder.
 pub struct HubRemote {
-    endpoint: String,
+    pub(super) endpoint: String,
     source: Source,
-    token: Arc<TokenSource>,
+    pub(super) token: Arc<TokenSource>,
     client: Mutex<(u64, HFClient)>,
-    session: XetSession,
+    pub(super) session: XetSession,
     /// The commit a repo mount serves, fixed by [`Remote::open`].
     commit: OnceLock<String>,
     xet: OnceLock<XetReader>,
-    policy: RetryPolicy,
+    pub(super) policy: RetryPolicy,
 }
 
 impl HubRemote {
@@ -64,14 +64,8 @@ impl HubRemote {
             xet: OnceLock::new(),
             policy: RetryPolicy::default(),
         };
-        if let Source::Bucket {
-            namespace, name, ..
-        } = &remote.source
-        {
-            let url = format!(
-                "{}/api/buckets/{namespace}/{name}/xet-read-token",
-                remote.endpoint
-            );
+        if let Source::Bucket { namespace, name, .. } = &remote.source {
+            let url = format!("{}/api/buckets/{namespace}/{name}/xet-read-token", remote.endpoint);
             let _ = remote.xet.set(XetReader::new(remote.session.clone(), url));
         }
         Ok(remote)
@@ -102,32 +96,21 @@ impl HubRemote {
         slot.1.clone()
     }
 
-    fn full_path(&self, rel: &str) -> String {
+    pub(super) fn full_path(&self, rel: &str) -> String {
         join(self.source.root(), rel)
     }
 
-    fn relative(&self, full: &str) -> Option<String> {
+    pub(super) fn relative(&self, full: &str) -> Option<String> {
         let root = self.source.root();
         if root.is_empty() || full == root {
-            return Some(if root.is_empty() {
-                full.to_string()
-            } else {
-                String::new()
-            });
+            return Some(if root.is_empty() { full.to_string() } else { String::new() });
         }
-        full.strip_prefix(root)?
-            .strip_prefix('/')
-            .map(str::to_string)
+        full.strip_prefix(root)?.strip_prefix('/').map(str::to_string)
     }
 
     fn repo(&self, client: &HFClient) -> Option<HFRepository<RepoTypeAny>> {
         match &self.source {
-            Source::Repo {
-                kind,
-                namespace,
-                name,
-                ..
-            } => {
+            Source::Repo { kind, namespace, name, .. } => {
                 let any = match kind {
                     RepoKind::Model => RepoTypeAny::Model,
                     RepoKind::Dataset => RepoTypeAny::Dataset,
@@ -149,7 +132,7 @@ impl HubRemote {
 
     /// Run one client call with retries; after an authentication failure, re-read the token
     /// and try once more if it changed.
-    async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T, RemoteError>
+    pub(super) async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T, RemoteError>
     where
         F: Fn(HFClient) -> Fut,
         Fut: Future<Output = Result<T, HFError>>,
@@ -180,22 +163,13 @@ impl HubRemote {
     }
 
     async fn list_bucket(&self, full: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
-        let Source::Bucket {
-            namespace, name, ..
-        } = &self.source
-        else {
-            unreachable!()
-        };
+        let Source::Bucket { namespace, name, .. } = &self.source else { unreachable!() };
         let what = format!("listing bucket {namespace}/{name}/{full}");
         let entries = self
             .call(&what, |client| async move {
                 let bucket = client.bucket(namespace.clone(), name.clone());
                 let prefix = (!full.is_empty()).then(|| full.to_string());
-                let stream = bucket
-                    .list_tree()
-                    .maybe_prefix(prefix)
-                    .recursive(false)
-                    .send()?;
+                let stream = bucket.list_tree().maybe_prefix(prefix).recursive(false).send()?;
                 let mut stream = std::pin::pin!(stream);
                 let mut out = Vec::new();
                 while let Some(e) = stream.next().await {
@@ -209,31 +183,16 @@ impl HubRemote {
             Err(RemoteError::NotFound(_)) if !full.is_empty() => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        Ok(entries
-            .into_iter()
-            .filter_map(|e| self.bucket_entry(e, Some(full)))
-            .collect())
+        Ok(entries.into_iter().filter_map(|e| self.bucket_entry(e, Some(full))).collect())
     }
 
     /// Convert a bucket entry; with `parent`, keep only its direct children (tree prefixes
     /// match raw keys, so `a/1` also returns `a/10`).
-    fn bucket_entry(&self, e: BucketTreeEntry, parent: Option<&str>) -> Option<RemoteEntry> {
+    pub(super) fn bucket_entry(&self, e: BucketTreeEntry, parent: Option<&str>) -> Option<RemoteEntry> {
         let (path, kind, size, mtime, content) = match e {
-            BucketTreeEntry::File {
-                path,
-                size,
-                xet_hash,
-                mtime,
-                ..
-            } => {
+            BucketTreeEntry::File { path, size, xet_hash, mtime, .. } => {
                 let content = (!xet_hash.is_empty()).then_some(ContentId::Xet(xet_hash));
-                (
-                    path,
-                    EntryKind::File,
-                    size,
-                    mtime.as_deref().and_then(parse_time),
-                    content,
-                )
+                (path, EntryKind::File, size, mtime.as_deref().and_then(parse_time), content)
             }
             BucketTreeEntry::Directory { path, .. } => (path, EntryKind::Dir, 0, None, None),
         };
@@ -247,13 +206,7 @@ impl HubRemote {
             tracing::warn!(path, "bucket entry without a Xet hash; skipped");
             return None;
         }
-        Some(RemoteEntry {
-            path: self.relative(&path)?,
-            kind,
-            size,
-            mtime,
-            content,
-        })
+        Some(RemoteEntry { path: self.relative(&path)?, kind, size, mtime, content })
     }
 
     async fn list_repo(&self, full: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
@@ -267,12 +220,7 @@ impl HubRemote {
                         return Ok(Vec::new());
                     };
                     let path = (!full.is_empty()).then(|| full.to_string());
-                    let stream = repo
-                        .list_tree()
-                        .revision(rev)
-                        .maybe_path_in_repo(path)
-                        .recursive(false)
-                        .send()?;
+                    let stream = repo.list_tree().revision(rev).maybe_path_in_repo(path).recursive(false).send()?;
                     let mut stream = std::pin::pin!(stream);
                     let mut out = Vec::new();
                     while let Some(e) = stream.next().await {
@@ -287,21 +235,12 @@ impl HubRemote {
             Err(RemoteError::NotFound(_)) if !full.is_empty() => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        Ok(entries
-            .into_iter()
-            .filter_map(|e| self.repo_entry(e, Some(full)))
-            .collect())
+        Ok(entries.into_iter().filter_map(|e| self.repo_entry(e, Some(full))).collect())
     }
 
     fn repo_entry(&self, e: RepoTreeEntry, parent: Option<&str>) -> Option<RemoteEntry> {
         let (path, kind, size, content) = match e {
-            RepoTreeEntry::File {
-                oid,
-                size,
-                path,
-                xet_hash,
-                ..
-            } => {
+            RepoTreeEntry::File { oid, size, path, xet_hash, .. } => {
                 let content = match xet_hash {
                     Some(h) if !h.is_empty() => ContentId::Xet(h),
                     _ => ContentId::Git(oid),
@@ -315,30 +254,19 @@ impl HubRemote {
         {
             return None;
         }
-        Some(RemoteEntry {
-            path: self.relative(&path)?,
-            kind,
-            size,
-            mtime: None,
-            content,
-        })
+        Some(RemoteEntry { path: self.relative(&path)?, kind, size, mtime: None, content })
     }
 }
 
 impl Remote for HubRemote {
     async fn open(&self) -> Result<SourceInfo, RemoteError> {
         match &self.source {
-            Source::Bucket {
-                namespace, name, ..
-            } => {
+            Source::Bucket { namespace, name, .. } => {
                 let what = format!("bucket {namespace}/{name}");
-                self.call(&what, |client| async move {
-                    client
-                        .bucket(namespace.clone(), name.clone())
-                        .info()
-                        .send()
-                        .await
-                })
+                self.call(
+                    &what,
+                    |client| async move { client.bucket(namespace.clone(), name.clone()).info().send().await },
+                )
                 .await?;
                 if !self.source.root().is_empty() {
                     tracing::info!(prefix = self.source.root(), "serving a bucket prefix");
@@ -350,17 +278,8 @@ impl Remote for HubRemote {
                     default_mtime: SystemTime::now(),
                 })
             }
-            Source::Repo {
-                kind,
-                namespace,
-                name,
-                revision,
-                ..
-            } => {
-                let what = format!(
-                    "{} {namespace}/{name} at revision {revision}",
-                    kind.singular()
-                );
+            Source::Repo { kind, namespace, name, revision, .. } => {
+                let what = format!("{} {namespace}/{name} at revision {revision}", kind.singular());
                 let (sha, modified) = self
                     .call(&what, |client| async move {
                         let (ns, n, rev) = (namespace.clone(), name.clone(), revision.clone());
@@ -380,9 +299,7 @@ impl Remote for HubRemote {
                         })
                     })
                     .await?;
-                let sha = sha.ok_or_else(|| {
-                    RemoteError::Other(format!("{what}: the Hub returned no commit sha"))
-                })?;
+                let sha = sha.ok_or_else(|| RemoteError::Other(format!("{what}: the Hub returned no commit sha")))?;
                 let _ = self.commit.set(sha.clone());
                 let url = format!(
                     "{}/api/{}/{namespace}/{name}/xet-read-token/{}",
@@ -402,10 +319,7 @@ impl Remote for HubRemote {
                     description: format!("{} {namespace}/{name}@{sha}", kind.singular()),
                     commit: Some(sha),
                     immutable: true,
-                    default_mtime: modified
-                        .as_deref()
-                        .and_then(parse_time)
-                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                    default_mtime: modified.as_deref().and_then(parse_time).unwrap_or(SystemTime::UNIX_EPOCH),
                 })
             }
         }
@@ -438,27 +352,17 @@ impl Remote for HubRemote {
         }
         let full: Vec<String> = paths.iter().map(|p| self.full_path(p)).collect();
         match &self.source {
-            Source::Bucket {
-                namespace, name, ..
-            } => {
+            Source::Bucket { namespace, name, .. } => {
                 let what = format!("bucket {namespace}/{name}: {} paths", full.len());
                 let found = self
                     .call(&what, |client| {
                         let full = full.clone();
                         async move {
-                            client
-                                .bucket(namespace.clone(), name.clone())
-                                .get_paths_info()
-                                .paths(full)
-                                .send()
-                                .await
+                            client.bucket(namespace.clone(), name.clone()).get_paths_info().paths(full).send().await
                         }
                     })
                     .await?;
-                Ok(found
-                    .into_iter()
-                    .filter_map(|e| self.bucket_entry(e, None))
-                    .collect())
+                Ok(found.into_iter().filter_map(|e| self.bucket_entry(e, None)).collect())
             }
             Source::Repo { .. } => {
                 let rev = self.revision();
@@ -474,19 +378,24 @@ impl Remote for HubRemote {
                         }
                     })
                     .await?;
-                Ok(found
-                    .into_iter()
-                    .filter_map(|e| self.repo_entry(e, None))
-                    .collect())
+                Ok(found.into_iter().filter_map(|e| self.repo_entry(e, None)).collect())
             }
         }
     }
 
-    async fn read_range(
-        &self,
-        file: &RemoteFile,
-        range: Range<u64>,
-    ) -> Result<ByteStream, RemoteError> {
+    async fn list_recursive(&self, dir: &str) -> Result<Vec<RemoteEntry>, RemoteError> {
+        self.list_recursive_impl(dir).await
+    }
+
+    async fn upload(&self, files: &[std::path::PathBuf]) -> Result<Vec<Uploaded>, RemoteError> {
+        self.upload_impl(files).await
+    }
+
+    async fn commit(&self, adds: &[CommitAdd], deletes: &[String]) -> Result<(), RemoteError> {
+        self.commit_impl(adds, deletes).await
+    }
+
+    async fn read_range(&self, file: &RemoteFile, range: Range<u64>) -> Result<ByteStream, RemoteError> {
         let what = format!("reading {} of {}", file.path, self.source);
         match &file.content {
             ContentId::Xet(hash) => {
@@ -497,20 +406,11 @@ impl Remote for HubRemote {
                 loop {
                     let (generation, token) = self.token.current();
                     let r = with_retry(self.policy, &what, || {
-                        reader.stream(
-                            generation,
-                            token.as_deref(),
-                            hash,
-                            file.size,
-                            range.clone(),
-                            what.clone(),
-                        )
+                        reader.stream(generation, token.as_deref(), hash, file.size, range.clone(), what.clone())
                     })
                     .await;
                     match r {
-                        Err(RemoteError::Unauthorized(_) | RemoteError::Forbidden(_))
-                            if !refreshed =>
-                        {
+                        Err(RemoteError::Unauthorized(_) | RemoteError::Forbidden(_)) if !refreshed => {
                             refreshed = true;
                             reader.reset().await;
                             if self.token.recheck().0 != generation {
@@ -532,19 +432,12 @@ impl Remote for HubRemote {
                             let Some(repo) = self.repo(&client) else {
                                 return Err(HFError::Other("git content in a bucket".into()));
                             };
-                            repo.download_file_stream()
-                                .filename(full)
-                                .revision(rev)
-                                .range(range)
-                                .send()
-                                .await
+                            repo.download_file_stream().filename(full).revision(rev).range(range).send().await
                         }
                     })
                     .await?;
                 let what2 = what.clone();
-                Ok(Box::pin(
-                    stream.map(move |r| r.map_err(|e| from_hf(e, &what2).error)),
-                ))
+                Ok(Box::pin(stream.map(move |r| r.map_err(|e| from_hf(e, &what2).error))))
             }
         }
     }
@@ -553,9 +446,7 @@ impl Remote for HubRemote {
 impl HubRemote {
     async fn stat_full(&self, full: &str) -> Result<Option<RemoteEntry>, RemoteError> {
         match &self.source {
-            Source::Bucket {
-                namespace, name, ..
-            } => {
+            Source::Bucket { namespace, name, .. } => {
                 let what = format!("bucket {namespace}/{name}/{full}");
                 let found = self
                     .call(&what, |client| async move {
@@ -568,8 +459,7 @@ impl HubRemote {
                     })
                     .await?;
                 let path_of = |e: &BucketTreeEntry| match e {
-                    BucketTreeEntry::File { path, .. }
-                    | BucketTreeEntry::Directory { path, .. } => {
+                    BucketTreeEntry::File { path, .. } | BucketTreeEntry::Directory { path, .. } => {
                         path.trim_end_matches('/').to_string()
                     }
                 };
@@ -596,11 +486,7 @@ impl HubRemote {
                             let Some(repo) = self.repo(&client) else {
                                 return Ok(Vec::new());
                             };
-                            repo.get_paths_info()
-                                .paths(vec![full.to_string()])
-                                .revision(rev)
-                                .send()
-                                .await
+                            repo.get_paths_info().paths(vec![full.to_string()]).revision(rev).send().await
                         }
                     })
                     .await;
@@ -610,14 +496,9 @@ impl HubRemote {
                     Err(e) => return Err(e),
                 };
                 let path_of = |e: &RepoTreeEntry| match e {
-                    RepoTreeEntry::File { path, .. } | RepoTreeEntry::Directory { path, .. } => {
-                        path.clone()
-                    }
+                    RepoTreeEntry::File { path, .. } | RepoTreeEntry::Directory { path, .. } => path.clone(),
                 };
-                Ok(found
-                    .into_iter()
-                    .find(|e| path_of(e) == full)
-                    .and_then(|e| self.repo_entry(e, None)))
+                Ok(found.into_iter().find(|e| path_of(e) == full).and_then(|e| self.repo_entry(e, None)))
             }
         }
     }
@@ -628,15 +509,12 @@ fn build_client(endpoint: &str, token: Option<&str>) -> Result<HFClient, RemoteE
     if let Some(t) = token {
         b = b.token(t);
     }
-    b.build()
-        .map_err(|e| RemoteError::Invalid(format!("Hub client for {endpoint}: {e}")))
+    b.build().map_err(|e| RemoteError::Invalid(format!("Hub client for {endpoint}: {e}")))
 }
 
 fn url_check(endpoint: &str) -> Result<(), RemoteError> {
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(RemoteError::Invalid(format!(
-            "hub endpoint {endpoint:?} must start with http:// or https://"
-        )));
+        return Err(RemoteError::Invalid(format!("hub endpoint {endpoint:?} must start with http:// or https://")));
     }
     Ok(())
 }
@@ -656,9 +534,7 @@ fn xet_session(dir: PathBuf) -> Result<XetSession, RemoteError> {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         builder = builder.with_tokio_handle(handle);
     }
-    let session = builder
-        .build()
-        .map_err(|e| RemoteError::Other(format!("xet session: {e}")))?;
+    let session = builder.build().map_err(|e| RemoteError::Other(format!("xet session: {e}")))?;
     Ok(SESSION.get_or_init(|| session).clone())
 }
 
@@ -685,9 +561,7 @@ fn is_direct_child(parent: &str, path: &str) -> bool {
 }
 
 fn parse_time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
-        .ok()
-        .or_else(|| humantime::parse_rfc3339(s).ok())
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z')).ok().or_else(|| humantime::parse_rfc3339(s).ok())
 }
 
 #[cfg(test)]

@@ -34,10 +34,7 @@ pub enum RemoteError {
 impl RemoteError {
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            RemoteError::RateLimited(_) | RemoteError::Unavailable(_)
-        )
+        matches!(self, RemoteError::RateLimited(_) | RemoteError::Unavailable(_))
     }
 
     /// Classify an HTTP status (used for errors that only carry a status).

@@ -4,6 +4,7 @@
 //! Nothing outside this module sees an `hf-hub` or `hf-xet` type.
 
 mod client;
+mod client_write;
 mod error;
 mod remote;
 mod retry;
@@ -13,7 +14,7 @@ mod xet_reader;
 
 pub use client::{HubRemote, HubRemoteConfig};
 pub use error::RemoteError;
-pub use remote::{ByteStream, ContentId, EntryKind, Remote, RemoteEntry, RemoteFile, SourceInfo};
+pub use remote::{ByteStream, CommitAdd, ContentId, EntryKind, Remote, RemoteEntry, RemoteFile, SourceInfo, Uploaded};
 pub use source::{RepoKind, Source, SourceError, validate_relative_path, validate_revision};
 pub use token::TokenSource;
 

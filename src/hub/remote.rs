@@ -66,6 +66,25 @@ pub struct RemoteFile {
     pub content: ContentId,
 }
 
+/// One file to register in a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitAdd {
+    pub path: String,
+    pub xet_hash: String,
+    pub size: u64,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub mtime_ms: u64,
+}
+
+/// The result of uploading one local file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub xet_hash: String,
+    pub size: u64,
+    /// Bytes that actually went over the wire (after deduplication).
+    pub new_bytes: u64,
+}
+
 /// What a source resolved to when it was opened.
 #[derive(Debug, Clone)]
 pub struct SourceInfo {
@@ -89,22 +108,22 @@ pub trait Remote: Send + Sync + 'static {
 
     /// The direct children of directory `dir` (`""` is the root). A directory that does not
     /// exist lists as empty (directories are implicit on buckets).
-    fn list_dir(
-        &self,
-        dir: &str,
-    ) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
+    fn list_dir(&self, dir: &str) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
 
     /// One entry, or `None` if nothing exists at `path`.
-    fn stat(
-        &self,
-        path: &str,
-    ) -> impl Future<Output = Result<Option<RemoteEntry>, RemoteError>> + Send;
+    fn stat(&self, path: &str) -> impl Future<Output = Result<Option<RemoteEntry>, RemoteError>> + Send;
 
     /// Entries for many paths at once (one request per batch); absent paths are left out.
-    fn stat_many(
-        &self,
-        paths: &[String],
-    ) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
+    fn stat_many(&self, paths: &[String]) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
+
+    /// Every file below directory `dir` (for directory renames).
+    fn list_recursive(&self, dir: &str) -> impl Future<Output = Result<Vec<RemoteEntry>, RemoteError>> + Send;
+
+    /// Upload local files' contents (deduplicated by the client); nothing becomes visible yet.
+    fn upload(&self, files: &[std::path::PathBuf]) -> impl Future<Output = Result<Vec<Uploaded>, RemoteError>> + Send;
+
+    /// Atomically register `adds` then apply `deletes` (paths relative to the source root).
+    fn commit(&self, adds: &[CommitAdd], deletes: &[String]) -> impl Future<Output = Result<(), RemoteError>> + Send;
 
     /// The bytes of `range` of a file (`range` lies within the file).
     fn read_range(

@@ -23,11 +23,7 @@ pub(crate) struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            attempts: 4,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(30),
-        }
+        RetryPolicy { attempts: 4, base_delay: Duration::from_millis(250), max_delay: Duration::from_secs(30) }
     }
 }
 
@@ -38,11 +34,7 @@ pub(crate) struct Failure {
 }
 
 /// Run `op` until it succeeds, fails permanently, or the attempts run out.
-pub(crate) async fn with_retry<T, F, Fut>(
-    policy: RetryPolicy,
-    what: &str,
-    mut op: F,
-) -> Result<T, RemoteError>
+pub(crate) async fn with_retry<T, F, Fut>(policy: RetryPolicy, what: &str, mut op: F) -> Result<T, RemoteError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure>>,
@@ -72,20 +64,14 @@ where
 pub(crate) fn from_hf(e: HFError, what: &str) -> Failure {
     let mut retry_after = None;
     let error = match e {
-        HFError::RateLimited {
-            retry_after: ra, ..
-        } => {
+        HFError::RateLimited { retry_after: ra, .. } => {
             retry_after = ra;
             RemoteError::RateLimited(what.to_string())
         }
         HFError::AuthRequired { .. } => RemoteError::Unauthorized(what.to_string()),
         HFError::Forbidden { .. } => RemoteError::Forbidden(what.to_string()),
-        HFError::RepoNotFound { .. } | HFError::BucketNotFound { .. } => {
-            RemoteError::NotFound(what.to_string())
-        }
-        HFError::RevisionNotFound { revision, .. } => {
-            RemoteError::NotFound(format!("{what}: revision {revision}"))
-        }
+        HFError::RepoNotFound { .. } | HFError::BucketNotFound { .. } => RemoteError::NotFound(what.to_string()),
+        HFError::RevisionNotFound { revision, .. } => RemoteError::NotFound(format!("{what}: revision {revision}")),
         HFError::EntryNotFound { path, .. } => RemoteError::NotFound(format!("{what}: {path}")),
         HFError::Http { context } => {
             let detail = match &context.server_message {
@@ -106,10 +92,7 @@ pub(crate) fn from_hf(e: HFError, what: &str) -> Failure {
         HFError::Xet { source, .. } => {
             return match source.downcast::<XetError>() {
                 Ok(x) => from_xet(*x, what),
-                Err(other) => Failure {
-                    error: RemoteError::Other(format!("{what}: {other}")),
-                    retry_after: None,
-                },
+                Err(other) => Failure { error: RemoteError::Other(format!("{what}: {other}")), retry_after: None },
             };
         }
         other => RemoteError::Other(format!("{what}: {other}")),
@@ -124,16 +107,11 @@ pub(crate) fn from_xet(e: XetError, what: &str) -> Failure {
         XetError::Authentication(_) => RemoteError::Unauthorized(msg),
         XetError::NotFound(_) => RemoteError::NotFound(msg),
         XetError::RateLimited(_) => RemoteError::RateLimited(msg),
-        XetError::Network(_) | XetError::ServerError(_) | XetError::Timeout(_) => {
-            RemoteError::Unavailable(msg)
-        }
+        XetError::Network(_) | XetError::ServerError(_) | XetError::Timeout(_) => RemoteError::Unavailable(msg),
         XetError::Configuration(_) => RemoteError::Invalid(msg),
         _ => RemoteError::Other(msg),
     };
-    Failure {
-        error,
-        retry_after: None,
-    }
+    Failure { error, retry_after: None }
 }
 
 #[cfg(test)]
@@ -142,11 +120,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn fast() -> RetryPolicy {
-        RetryPolicy {
-            attempts: 3,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
-        }
+        RetryPolicy { attempts: 3, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) }
     }
 
     #[tokio::test]
@@ -172,10 +146,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = with_retry(fast(), "x", || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(Failure {
-                error: RemoteError::NotFound("x".into()),
-                retry_after: None,
-            })
+            Err(Failure { error: RemoteError::NotFound("x".into()), retry_after: None })
         })
         .await;
         assert!(matches!(r, Err(RemoteError::NotFound(_))));
@@ -187,10 +158,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = with_retry(fast(), "x", || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(Failure {
-                error: RemoteError::Unavailable("x".into()),
-                retry_after: None,
-            })
+            Err(Failure { error: RemoteError::Unavailable("x".into()), retry_after: None })
         })
         .await;
         assert!(matches!(r, Err(RemoteError::Unavailable(_))));

@@ -45,49 +45,27 @@ impl RepoKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// A bucket, optionally narrowed to a key prefix (a directory inside it).
-    Bucket {
-        namespace: String,
-        name: String,
-        prefix: String,
-    },
+    Bucket { namespace: String, name: String, prefix: String },
     /// A repo at a revision (branch, tag or commit), optionally narrowed to a subfolder.
-    Repo {
-        kind: RepoKind,
-        namespace: String,
-        name: String,
-        subdir: String,
-        revision: String,
-    },
+    Repo { kind: RepoKind, namespace: String, name: String, subdir: String, revision: String },
 }
 
 /// Why a source, path or revision was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     #[error("invalid {what} {value:?}: {why}")]
-    Invalid {
-        what: &'static str,
-        value: String,
-        why: &'static str,
-    },
+    Invalid { what: &'static str, value: String, why: &'static str },
 }
 
 fn invalid(what: &'static str, value: &str, why: &'static str) -> SourceError {
-    SourceError::Invalid {
-        what,
-        value: value.to_string(),
-        why,
-    }
+    SourceError::Invalid { what, value: value.to_string(), why }
 }
 
 impl Source {
     /// Parse `NS/NAME[/PREFIX]`.
     pub fn parse_bucket(spec: &str) -> Result<Self, SourceError> {
         let (namespace, name, rest) = split_id("bucket", spec)?;
-        Ok(Source::Bucket {
-            namespace,
-            name,
-            prefix: rest,
-        })
+        Ok(Source::Bucket { namespace, name, prefix: rest })
     }
 
     /// Parse `[models/|datasets/|spaces/]NS/NAME[/SUBDIR]` with a revision.
@@ -100,24 +78,13 @@ impl Source {
         };
         let (namespace, name, subdir) = split_id("repo", id)?;
         validate_revision(revision)?;
-        Ok(Source::Repo {
-            kind,
-            namespace,
-            name,
-            subdir,
-            revision: revision.to_string(),
-        })
+        Ok(Source::Repo { kind, namespace, name, subdir, revision: revision.to_string() })
     }
 
     /// `ns/name`.
     pub fn id(&self) -> String {
         match self {
-            Source::Bucket {
-                namespace, name, ..
-            }
-            | Source::Repo {
-                namespace, name, ..
-            } => {
+            Source::Bucket { namespace, name, .. } | Source::Repo { namespace, name, .. } => {
                 format!("{namespace}/{name}")
             }
         }
@@ -139,13 +106,7 @@ impl Source {
         };
         raw.trim_end_matches('/')
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
-                    c
-                } else {
-                    '~'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' { c } else { '~' })
             .collect()
     }
 }
@@ -155,12 +116,7 @@ impl fmt::Display for Source {
         match self {
             Source::Bucket { prefix, .. } if prefix.is_empty() => write!(f, "bucket {}", self.id()),
             Source::Bucket { prefix, .. } => write!(f, "bucket {}/{prefix}", self.id()),
-            Source::Repo {
-                kind,
-                subdir,
-                revision,
-                ..
-            } => {
+            Source::Repo { kind, subdir, revision, .. } => {
                 write!(f, "{} {}", kind.singular(), self.id())?;
                 if !subdir.is_empty() {
                     write!(f, "/{subdir}")?;
@@ -192,28 +148,13 @@ fn validate_id_part(what: &'static str, spec: &str, part: &str) -> Result<(), So
         return Err(invalid(what, spec, "namespace and name must not be empty"));
     }
     if part.len() > 96 {
-        return Err(invalid(
-            what,
-            spec,
-            "namespace and name are at most 96 characters",
-        ));
+        return Err(invalid(what, spec, "namespace and name are at most 96 characters"));
     }
-    if !part
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(invalid(
-            what,
-            spec,
-            "namespace and name may only use letters, digits, '-', '_' and '.'",
-        ));
+    if !part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(invalid(what, spec, "namespace and name may only use letters, digits, '-', '_' and '.'"));
     }
     if part.starts_with(['.', '-']) || part.contains("..") {
-        return Err(invalid(
-            what,
-            spec,
-            "namespace and name must not start with '.' or '-' or contain '..'",
-        ));
+        return Err(invalid(what, spec, "namespace and name must not start with '.' or '-' or contain '..'"));
     }
     Ok(())
 }
@@ -228,11 +169,7 @@ pub fn validate_relative_path(path: &str) -> Result<(), SourceError> {
             return Err(invalid("path", path, "empty path segment"));
         }
         if seg == "." || seg == ".." {
-            return Err(invalid(
-                "path",
-                path,
-                "'.' and '..' segments are not allowed",
-            ));
+            return Err(invalid("path", path, "'.' and '..' segments are not allowed"));
         }
         if seg.contains('\0') {
             return Err(invalid("path", path, "NUL byte"));
@@ -252,15 +189,8 @@ pub fn validate_revision(rev: &str) -> Result<(), SourceError> {
     if rev.contains("..") {
         return Err(invalid("revision", rev, "must not contain '..'"));
     }
-    if !rev
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '+'))
-    {
-        return Err(invalid(
-            "revision",
-            rev,
-            "may only use letters, digits, '-', '_', '.', '/' and '+'",
-        ));
+    if !rev.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '+')) {
+        return Err(invalid("revision", rev, "may only use letters, digits, '-', '_', '.', '/' and '+'"));
     }
     if rev.starts_with(['/', '.', '-']) || rev.ends_with('/') || rev.contains("//") {
         return Err(invalid("revision", rev, "malformed ref name"));
@@ -276,11 +206,7 @@ mod tests {
     fn bucket_with_and_without_prefix() {
         assert_eq!(
             Source::parse_bucket("acme/data").unwrap(),
-            Source::Bucket {
-                namespace: "acme".into(),
-                name: "data".into(),
-                prefix: "".into()
-            }
+            Source::Bucket { namespace: "acme".into(), name: "data".into(), prefix: "".into() }
         );
         let s = Source::parse_bucket("acme/data/runs/7/").unwrap();
         assert_eq!(s.root(), "runs/7");
@@ -290,22 +216,10 @@ mod tests {
     #[test]
     fn repo_kinds_and_subdir() {
         let s = Source::parse_repo("datasets/acme/ds/train", "main").unwrap();
-        assert!(matches!(
-            s,
-            Source::Repo {
-                kind: RepoKind::Dataset,
-                ..
-            }
-        ));
+        assert!(matches!(s, Source::Repo { kind: RepoKind::Dataset, .. }));
         assert_eq!(s.root(), "train");
         let m = Source::parse_repo("acme/m", "v1.0").unwrap();
-        assert!(matches!(
-            m,
-            Source::Repo {
-                kind: RepoKind::Model,
-                ..
-            }
-        ));
+        assert!(matches!(m, Source::Repo { kind: RepoKind::Model, .. }));
         assert_eq!(m.to_string(), "model acme/m@v1.0");
     }
 
@@ -319,9 +233,7 @@ mod tests {
         assert!(Source::parse_repo("acme/m", "../../etc").is_err());
         assert!(Source::parse_repo("acme/m", "main?x=1").is_err());
         assert!(Source::parse_repo("acme/m", "").is_err());
-        let err = Source::parse_repo("acme/m", "a..b")
-            .unwrap_err()
-            .to_string();
+        let err = Source::parse_repo("acme/m", "a..b").unwrap_err().to_string();
         assert!(err.contains("revision") && err.contains("'..'"), "{err}");
         assert!(Source::parse_repo("acme/m", "refs/pr/1").is_ok());
     }

@@ -25,15 +25,8 @@ struct State {
 
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let has_token = self
-            .state
-            .lock()
-            .map(|s| s.token.is_some())
-            .unwrap_or(false);
-        f.debug_struct("TokenSource")
-            .field("file", &self.file)
-            .field("has_token", &has_token)
-            .finish()
+        let has_token = self.state.lock().map(|s| s.token.is_some()).unwrap_or(false);
+        f.debug_struct("TokenSource").field("file", &self.file).field("has_token", &has_token).finish()
     }
 }
 
@@ -53,23 +46,14 @@ impl TokenSource {
     pub fn file(path: &Path) -> Result<Self, String> {
         let (token, id) = read_token_file(path)?;
         let source = Self::with(Some(path.to_path_buf()), Some(token));
-        source
-            .state
-            .lock()
-            .map_err(|_| "token state poisoned".to_string())?
-            .file_id = Some(id);
+        source.state.lock().map_err(|_| "token state poisoned".to_string())?.file_id = Some(id);
         Ok(source)
     }
 
     fn with(file: Option<PathBuf>, token: Option<String>) -> Self {
         TokenSource {
             file,
-            state: Mutex::new(State {
-                generation: 1,
-                token,
-                file_id: None,
-                checked_at: Instant::now(),
-            }),
+            state: Mutex::new(State { generation: 1, token, file_id: None, checked_at: Instant::now() }),
         }
     }
 
@@ -114,27 +98,18 @@ impl TokenSource {
 }
 
 fn file_id(m: &std::fs::Metadata) -> (u64, i128, u64) {
-    (
-        m.ino(),
-        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-        m.len(),
-    )
+    (m.ino(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128, m.len())
 }
 
 fn read_token_file(path: &Path) -> Result<(String, (u64, i128, u64)), String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
-    let raw = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let raw = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(format!("token file {} is empty", path.display()));
     }
     if token.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(format!(
-            "token file {} holds more than one token-like word",
-            path.display()
-        ));
+        return Err(format!("token file {} holds more than one token-like word", path.display()));
     }
     Ok((token.to_string(), file_id(&meta)))
 }
@@ -165,11 +140,7 @@ mod tests {
     fn empty_or_missing_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
-        assert!(
-            TokenSource::file(&path)
-                .unwrap_err()
-                .contains("cannot read token file")
-        );
+        assert!(TokenSource::file(&path).unwrap_err().contains("cannot read token file"));
         std::fs::write(&path, "  \n").unwrap();
         assert!(TokenSource::file(&path).unwrap_err().contains("is empty"));
     }

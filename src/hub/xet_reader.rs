@@ -7,9 +7,7 @@
 use std::ops::Range;
 
 use tokio::sync::Mutex;
-use xet::xet_session::{
-    HeaderMap, HeaderValue, XetDownloadStreamGroup, XetFileInfo, XetSession, header,
-};
+use xet::xet_session::{HeaderMap, HeaderValue, XetDownloadStreamGroup, XetFileInfo, XetSession, header};
 
 use super::remote::ByteStream;
 use super::retry::{Failure, from_xet};
@@ -23,18 +21,10 @@ pub(crate) struct XetReader {
 
 impl XetReader {
     pub(crate) fn new(session: XetSession, token_url: String) -> Self {
-        XetReader {
-            session,
-            token_url,
-            group: Mutex::new(None),
-        }
+        XetReader { session, token_url, group: Mutex::new(None) }
     }
 
-    async fn group(
-        &self,
-        generation: u64,
-        token: Option<&str>,
-    ) -> Result<XetDownloadStreamGroup, Failure> {
+    async fn group(&self, generation: u64, token: Option<&str>) -> Result<XetDownloadStreamGroup, Failure> {
         let mut slot = self.group.lock().await;
         if let Some((g, group)) = slot.as_ref()
             && *g == generation
@@ -44,17 +34,12 @@ impl XetReader {
         let mut headers = HeaderMap::new();
         if let Some(t) = token {
             let value = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| Failure {
-                error: RemoteError::Invalid(
-                    "the token contains characters not allowed in an HTTP header".into(),
-                ),
+                error: RemoteError::Invalid("the token contains characters not allowed in an HTTP header".into()),
                 retry_after: None,
             })?;
             headers.insert(header::AUTHORIZATION, value);
         }
-        let builder = self
-            .session
-            .new_download_stream_group()
-            .map_err(|e| from_xet(e, "xet session"))?;
+        let builder = self.session.new_download_stream_group().map_err(|e| from_xet(e, "xet session"))?;
         let group = builder
             .with_token_refresh_url(self.token_url.clone(), headers)
             .build()
@@ -81,10 +66,7 @@ impl XetReader {
     ) -> Result<ByteStream, Failure> {
         let group = self.group(generation, token).await?;
         let info = XetFileInfo::new(hash.to_string(), size);
-        let mut stream = group
-            .download_stream(info, Some(range))
-            .await
-            .map_err(|e| from_xet(e, &what))?;
+        let mut stream = group.download_stream(info, Some(range)).await.map_err(|e| from_xet(e, &what))?;
         stream.start();
         // Ends after the first error: a failed reconstruction is not resumed mid-stream.
         let s = futures::stream::unfold(Some((stream, what)), |state| async move {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fs::{ContentCache, Fs, FsConfig};
+use crate::fs::{ContentCache, FlushConfig, Fs, FsConfig, StagingConfig, WriteMode};
 use crate::fuse::{MountHandle, MountOptions};
 use crate::hub::{HubRemote, HubRemoteConfig, Remote, RemoteError, Source, TokenSource};
 
@@ -28,6 +28,78 @@ pub struct MountSpec {
     pub metadata_ttl: Duration,
     pub poll_interval: Option<Duration>,
     pub allow_other: bool,
+    /// Keep every change in a local upper layer, never upload.
+    pub no_push: bool,
+    /// Upper layer location for `no_push` (default `<cache-dir>/overlay/<source>`).
+    pub overlay_dir: Option<PathBuf>,
+    /// Quiet time after a close before a bucket file is committed.
+    pub flush_debounce: Duration,
+    /// A file dirty this long is committed even while it keeps changing.
+    pub flush_max_window: Duration,
+    /// How long unmount waits for staged changes to be committed.
+    pub flush_timeout: Duration,
+    /// Clean staged files above this many bytes are garbage-collected (0 = never).
+    pub max_staging_size: u64,
+    /// Hard cap on staging bytes; writes beyond it fail with ENOSPC (0 = none).
+    pub staging_quota: u64,
+}
+
+impl MountSpec {
+    /// A spec with the defaults of `hf-csi mount` for everything but the essentials.
+    pub fn new(source: Source, mountpoint: PathBuf, endpoint: String, cache_dir: PathBuf) -> Self {
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        MountSpec {
+            source,
+            mountpoint,
+            endpoint,
+            token_file: None,
+            cache_dir,
+            cache_size: 10 << 30,
+            uid,
+            gid,
+            read_only: false,
+            metadata_ttl: Duration::from_secs(10),
+            poll_interval: Some(Duration::from_secs(30)),
+            allow_other: true,
+            no_push: false,
+            overlay_dir: None,
+            flush_debounce: Duration::from_secs(2),
+            flush_max_window: Duration::from_secs(60),
+            flush_timeout: Duration::from_secs(60),
+            max_staging_size: 0,
+            staging_quota: 0,
+        }
+    }
+
+    /// How this mount treats changes.
+    pub fn write_mode(&self) -> Result<WriteMode, MountError> {
+        if self.no_push && self.read_only {
+            return Err(MountError::Conflict(
+                "--no-push and --read-only cannot be combined: a no-push mount exists to take local writes".into(),
+            ));
+        }
+        Ok(match (&self.source, self.no_push, self.read_only) {
+            (_, true, _) => WriteMode::Overlay,
+            (Source::Repo { .. }, false, _) | (_, false, true) => WriteMode::ReadOnly,
+            (Source::Bucket { .. }, false, false) => WriteMode::Bucket(FlushConfig {
+                debounce: self.flush_debounce,
+                max_window: self.flush_max_window.max(self.flush_debounce),
+                unmount_timeout: self.flush_timeout,
+            }),
+        })
+    }
+
+    /// Where this mount keeps its local layer.
+    pub fn layer_dir(&self) -> PathBuf {
+        if self.no_push {
+            return self
+                .overlay_dir
+                .clone()
+                .unwrap_or_else(|| self.cache_dir.join("overlay").join(self.source.state_key()));
+        }
+        self.cache_dir.join("staging").join(self.source.state_key())
+    }
 }
 
 /// Why a mount could not start. Each message names the problem in one line.
@@ -38,20 +110,15 @@ pub enum MountError {
     #[error("mountpoint {path}: {why}")]
     Mountpoint { path: PathBuf, why: String },
     #[error("cache directory {path}: {source}")]
-    Cache {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Cache { path: PathBuf, source: std::io::Error },
     #[error("{source} (hub {endpoint})")]
-    Remote {
-        endpoint: String,
-        source: RemoteError,
-    },
+    Remote { endpoint: String, source: RemoteError },
     #[error("mounting {path}: {source}")]
-    Fuse {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Fuse { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("local layer {path}: {source}")]
+    Layer { path: PathBuf, source: crate::fs::FsError },
 }
 
 /// A running mount.
@@ -68,9 +135,15 @@ impl Mounted {
         self.handle.as_ref().is_none_or(|h| h.is_finished())
     }
 
-    /// Unmount and stop the poll.
-    pub fn unmount(mut self) -> std::io::Result<()> {
-        self.shutdown()
+    /// Commit what is staged (bounded by the flush timeout), then unmount. Returns how many
+    /// staged entries could not be committed (they stay on disk for the next mount).
+    pub async fn unmount(mut self) -> std::io::Result<usize> {
+        let left = match self.fs.config().write {
+            WriteMode::Bucket(fc) => self.fs.flush_all(fc.unmount_timeout).await,
+            _ => 0,
+        };
+        tokio::task::block_in_place(|| self.shutdown())?;
+        Ok(left)
     }
 
     fn shutdown(&mut self) -> std::io::Result<()> {
@@ -93,9 +166,7 @@ impl Drop for Mounted {
 /// The token source a spec asks for.
 pub fn token_source(token_file: Option<&Path>) -> Result<Arc<TokenSource>, MountError> {
     if let Some(p) = token_file {
-        return TokenSource::file(p)
-            .map(Arc::new)
-            .map_err(MountError::Token);
+        return TokenSource::file(p).map(Arc::new).map_err(MountError::Token);
     }
     Ok(Arc::new(match std::env::var("HF_TOKEN") {
         Ok(t) if !t.trim().is_empty() => TokenSource::fixed(t),
@@ -105,10 +176,7 @@ pub fn token_source(token_file: Option<&Path>) -> Result<Arc<TokenSource>, Mount
 
 /// Check the mountpoint before touching the remote, with a precise message.
 fn check_mountpoint(path: &Path) -> Result<(), MountError> {
-    let err = |why: String| MountError::Mountpoint {
-        path: path.to_path_buf(),
-        why,
-    };
+    let err = |why: String| MountError::Mountpoint { path: path.to_path_buf(), why };
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(err("not a directory".into())),
@@ -121,24 +189,17 @@ fn check_mountpoint(path: &Path) -> Result<(), MountError> {
 }
 
 /// Open the source, mount it and start the change poll. Must run inside a tokio runtime.
-pub async fn start(
-    spec: &MountSpec,
-    cache: Option<Arc<ContentCache>>,
-) -> Result<Mounted, MountError> {
+pub async fn start(spec: &MountSpec, cache: Option<Arc<ContentCache>>) -> Result<Mounted, MountError> {
     check_mountpoint(&spec.mountpoint)?;
     let token = token_source(spec.token_file.as_deref())?;
     let cache = match cache {
         Some(c) => c,
         None => {
             let dir = spec.cache_dir.join("content");
-            ContentCache::open(&dir, spec.cache_size)
-                .map_err(|source| MountError::Cache { path: dir, source })?
+            ContentCache::open(&dir, spec.cache_size).map_err(|source| MountError::Cache { path: dir, source })?
         }
     };
-    let remote_err = |source| MountError::Remote {
-        endpoint: spec.endpoint.clone(),
-        source,
-    };
+    let remote_err = |source| MountError::Remote { endpoint: spec.endpoint.clone(), source };
     let remote = HubRemote::new(HubRemoteConfig {
         endpoint: spec.endpoint.clone(),
         source: spec.source.clone(),
@@ -148,44 +209,36 @@ pub async fn start(
     .map_err(remote_err)?;
     let remote = Arc::new(remote);
     let info = remote.open().await.map_err(remote_err)?;
-    // Repos are immutable; bucket writes arrive with the write path.
-    let read_only = spec.read_only
-        || matches!(spec.source, Source::Repo { .. })
-        || !crate::fs::WRITES_SUPPORTED;
-    let poll_interval = if info.immutable {
-        None
-    } else {
-        spec.poll_interval
-    };
+    let write = spec.write_mode()?;
+    let read_only = matches!(write, WriteMode::ReadOnly);
+    let poll_interval = if info.immutable { None } else { spec.poll_interval };
+    let staging = (!read_only).then(|| StagingConfig {
+        dir: spec.layer_dir(),
+        max_staging_size: spec.max_staging_size,
+        staging_quota: spec.staging_quota,
+    });
     let cfg = FsConfig {
         uid: spec.uid,
         gid: spec.gid,
-        read_only,
+        write,
+        staging,
         metadata_ttl: spec.metadata_ttl,
         poll_interval,
         max_inodes: 100_000,
     };
     let description = info.description.clone();
-    let fs = Fs::new(remote, info, cfg, cache);
+    let fs =
+        Fs::new(remote, info, cfg, cache).map_err(|source| MountError::Layer { path: spec.layer_dir(), source })?;
+    fs.start_background();
     let opts = MountOptions {
         fs_name: format!("hf-csi:{}", spec.source.id()),
         read_only,
         allow_other: spec.allow_other,
         threads: 1,
     };
-    let handle = crate::fuse::mount(fs.clone(), &spec.mountpoint, &opts).map_err(|source| {
-        MountError::Fuse {
-            path: spec.mountpoint.clone(),
-            source,
-        }
-    })?;
-    let poll =
-        poll_interval.map(|every| tokio::spawn(crate::fs::run_poll(Arc::downgrade(&fs), every)));
+    let handle = crate::fuse::mount(fs.clone(), &spec.mountpoint, &opts)
+        .map_err(|source| MountError::Fuse { path: spec.mountpoint.clone(), source })?;
+    let poll = poll_interval.map(|every| tokio::spawn(crate::fs::run_poll(Arc::downgrade(&fs), every)));
     tracing::info!(source = %description, mountpoint = %spec.mountpoint.display(), read_only, "mounted");
-    Ok(Mounted {
-        fs,
-        handle: Some(handle),
-        poll,
-        description,
-    })
+    Ok(Mounted { fs, handle: Some(handle), poll, description })
 }
