@@ -85,7 +85,7 @@ fn run_with(job: &Job, engine: &str) -> Result<FioResult, String> {
             .chain(stdout.lines())
             .find(|l| l.contains("error") || l.contains("fio:"))
             .unwrap_or("no message");
-        return Err(format!("exit {}: {}", out.status, msg.trim()));
+        return Err(format!("fio {}: {}", out.status, msg.trim()));
     }
     parse(&stdout, engine, if job.rw == "write" { "write" } else { "read" })
 }

@@ -29,7 +29,8 @@ impl HubStats {
     }
 
     pub fn total_requests(&self) -> f64 {
-        self.requests.values().sum()
+        // Folding from +0.0 avoids printing "-0" for an empty sum.
+        self.requests.values().fold(0.0, |a, b| a + b)
     }
 
     pub fn to_json(&self) -> serde_json::Value {

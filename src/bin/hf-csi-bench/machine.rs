@@ -98,7 +98,7 @@ fn disk_of(dir: &Path) -> String {
     }
     match read(&format!("{sys}/queue/rotational")).trim() {
         "0" => traits.push("non-rotational".into()),
-        "1" => traits.push("rotational".into()),
+        "1" => traits.push("reported rotational".into()),
         _ => {}
     }
     let model = read(&format!("{sys}/device/model")).trim().to_string();

@@ -253,7 +253,12 @@ fn run_profile(
         "peak_rss_mib_by_scenario".into(),
         serde_json::json!(ctx.rss.borrow().iter().map(|(s, r)| (s.clone(), r.peak_mib)).collect::<Vec<_>>()),
     );
-    let notes = ctx.notes.take();
+    let mut notes = ctx.notes.take();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    notes.push(format!(
+        "load average at the end of this profile: {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    ));
     drop(ctx);
     drop(proxy);
     Ok(ProfileReport {

@@ -105,7 +105,7 @@ impl Row {
             Target::None => String::new(),
             Target::AtLeast(t) => format!("≥ {} {}", fmt_num(*t), self.unit),
             Target::AtMost(t) => format!("≤ {} {}", fmt_num(*t), self.unit),
-            Target::RatioAtLeast(r) => format!("≥ {}% of baseline", fmt_num(r * 100.0)),
+            Target::RatioAtLeast(r) => format!("≥ {:.0}% of baseline", r * 100.0),
             Target::Na(why) => format!("n/a ({why})"),
         };
         format!("{goal}{verdict}")
