@@ -38,6 +38,16 @@ impl Machine {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_else(|| "unknown".into());
+        let dirty = std::process::Command::new("git")
+            .args(["diff", "--quiet", "HEAD", "--", "src", "Cargo.toml"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .is_ok_and(|s| s.code() == Some(1));
+        let commit = if dirty {
+            format!("{commit} + uncommitted changes")
+        } else {
+            commit
+        };
         Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
