@@ -61,10 +61,7 @@ async fn bucket_reads_are_byte_exact_and_lazy() {
     assert_eq!(buf, big[25 * MIB..26 * MIB]);
     let served = hub.metrics().cas_bytes_served() - before;
     println!("lazy read: CAS served {served} bytes for a 1 MiB read at 25 MiB of 200 MiB");
-    assert!(
-        served > 0.0 && served < 16.0 * MIB as f64,
-        "CAS served {served} bytes"
-    );
+    assert!(served > 0.0 && served < 16.0 * MIB as f64, "CAS served {served} bytes");
 
     // Random ranges compared with the source.
     let mut seed = 42u64;
@@ -87,10 +84,7 @@ async fn bucket_reads_are_byte_exact_and_lazy() {
         let got = std::fs::read(m.path(p)).unwrap();
         assert_eq!(got.len(), data.len(), "{p}");
         assert!(sha(&got) == sha(data), "{p} differs");
-        assert_eq!(
-            std::fs::metadata(m.path(p)).unwrap().len(),
-            data.len() as u64
-        );
+        assert_eq!(std::fs::metadata(m.path(p)).unwrap().len(), data.len() as u64);
     }
     // Sequential read with small buffers through a seek.
     let mut f2 = std::fs::File::open(m.path("mib.bin")).unwrap();
@@ -100,28 +94,14 @@ async fn bucket_reads_are_byte_exact_and_lazy() {
     assert_eq!(rest, files[2].1[1000..]);
 
     // Nested directories and listings.
-    let mut top: Vec<String> = std::fs::read_dir(m.path(""))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut top: Vec<String> =
+        std::fs::read_dir(m.path("")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     top.sort();
-    assert_eq!(
-        top,
-        ["big.bin", "empty.txt", "mib.bin", "nested", "one.bin"]
-    );
+    assert_eq!(top, ["big.bin", "empty.txt", "mib.bin", "nested", "one.bin"]);
     assert!(std::fs::metadata(m.path("nested/a")).unwrap().is_dir());
-    assert_eq!(
-        std::fs::read(m.path("nested/a/b/deep.txt")).unwrap(),
-        b"deep\n"
-    );
-    assert_eq!(
-        errno_of(std::fs::metadata(m.path("nested/nope"))),
-        libc::ENOENT
-    );
-    assert_eq!(
-        errno_of(std::fs::read_dir(m.path("one.bin"))),
-        libc::ENOTDIR
-    );
+    assert_eq!(std::fs::read(m.path("nested/a/b/deep.txt")).unwrap(), b"deep\n");
+    assert_eq!(errno_of(std::fs::metadata(m.path("nested/nope"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::read_dir(m.path("one.bin"))), libc::ENOTDIR);
     m.stop();
 }
 
@@ -136,15 +116,12 @@ async fn shared_cache_fetches_once_and_warm_reads_stay_local() {
     })
     .await;
     let cache = hub.path("cache");
-    let a = MountCmd::bucket(&hub.endpoint(), "acme/w", &hub.path("a"), &cache).start();
-    let b = MountCmd::bucket(&hub.endpoint(), "acme/w", &hub.path("b"), &cache).start();
+    let a = MountCmd::bucket(&hub.endpoint(), "acme/w", &hub.path("a"), &cache).arg("--read-only").start();
+    let b = MountCmd::bucket(&hub.endpoint(), "acme/w", &hub.path("b"), &cache).arg("--read-only").start();
     let before = hub.metrics().cas_bytes_served();
     assert!(std::fs::read(a.path("w.bin")).unwrap() == data);
     let first = hub.metrics().cas_bytes_served() - before;
-    assert!(
-        first >= data.len() as f64 * 0.9,
-        "first read served {first}"
-    );
+    assert!(first >= data.len() as f64 * 0.9, "first read served {first}");
     // The second mount shares the cache directory: no more CAS bytes.
     assert!(std::fs::read(b.path("w.bin")).unwrap() == data);
     let second = hub.metrics().cas_bytes_served() - before - first;
@@ -163,18 +140,9 @@ async fn large_directory_lists_in_one_pass() {
     })
     .await;
     // Register 10,000 entries sharing one Xet hash, as a client that already uploaded would.
-    let client = hf_hub::HFClient::builder()
-        .endpoint(hub.endpoint())
-        .token("writer")
-        .build()
-        .unwrap();
+    let client = hf_hub::HFClient::builder().endpoint(hub.endpoint()).token("writer").build().unwrap();
     let bucket = client.bucket("acme", "many");
-    let seed = bucket
-        .get_paths_info()
-        .paths(vec!["seed.txt".into()])
-        .send()
-        .await
-        .unwrap();
+    let seed = bucket.get_paths_info().paths(vec!["seed.txt".into()]).send().await.unwrap();
     let hash = match &seed[0] {
         hf_hub::buckets::BucketTreeEntry::File { xet_hash, .. } => xet_hash.clone(),
         other => panic!("unexpected {other:?}"),
@@ -188,39 +156,18 @@ async fn large_directory_lists_in_one_pass() {
             content_type: None,
         })
         .collect();
-    bucket
-        .batch_operations()
-        .add_files(adds)
-        .send()
-        .await
-        .unwrap();
+    bucket.batch_operations().add_files(adds).send().await.unwrap();
 
-    let m = MountCmd::bucket(
-        &hub.endpoint(),
-        "acme/many",
-        &hub.path("mnt"),
-        &hub.path("cache"),
-    )
-    .start();
+    let m = MountCmd::bucket(&hub.endpoint(), "acme/many", &hub.path("mnt"), &hub.path("cache")).start();
     let before = hub.metrics();
-    let out = std::process::Command::new("ls")
-        .arg("-l")
-        .arg(m.path("big"))
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("ls").arg("-l").arg(m.path("big")).output().unwrap();
     assert!(out.status.success());
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(" f"))
-        .count();
+    let lines = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" f")).count();
     assert_eq!(lines, 10_000);
     let after = hub.metrics();
     let requests = after.sum("hub_requests_total", &[]) - before.sum("hub_requests_total", &[]);
     println!("ls -l of 10,000 entries: {requests} Hub requests");
-    assert!(
-        requests <= 30.0,
-        "ls -l made {requests} requests (expected one paginated listing)"
-    );
+    assert!(requests <= 30.0, "ls -l made {requests} requests (expected one paginated listing)");
     m.stop();
 }
 
@@ -231,37 +178,19 @@ async fn repo_revisions_are_pinned() {
     let hub = start_hub(|cfg, dir| {
         let v1 = dir.join("v1");
         let v2 = dir.join("v2");
-        write_tree(
-            &v1,
-            &[
-                ("config.json", b"{\"v\":1}".to_vec()),
-                ("w.bin", weights.clone()),
-            ],
-        );
+        write_tree(&v1, &[("config.json", b"{\"v\":1}".to_vec()), ("w.bin", weights.clone())]);
         write_tree(
             &v2,
-            &[
-                ("config.json", b"{\"v\":2}".to_vec()),
-                ("w.bin", weights.clone()),
-                ("sub/new.txt", b"n".to_vec()),
-            ],
+            &[("config.json", b"{\"v\":2}".to_vec()), ("w.bin", weights.clone()), ("sub/new.txt", b"n".to_vec())],
         );
-        cfg.imports
-            .push(import_repo(RepoKind::Model, "acme/m", &v1, Some("v1")));
-        cfg.imports
-            .push(import_repo(RepoKind::Model, "acme/m", &v2, None));
+        cfg.imports.push(import_repo(RepoKind::Model, "acme/m", &v1, Some("v1")));
+        cfg.imports.push(import_repo(RepoKind::Model, "acme/m", &v2, None));
     })
     .await;
     let cache = hub.path("cache");
     let main = MountCmd::repo(&hub.endpoint(), "acme/m", &hub.path("main"), &cache).start();
-    let v1 = MountCmd::repo(&hub.endpoint(), "acme/m", &hub.path("v1"), &cache)
-        .arg("--revision")
-        .arg("v1")
-        .start();
-    assert_eq!(
-        std::fs::read(main.path("config.json")).unwrap(),
-        b"{\"v\":2}"
-    );
+    let v1 = MountCmd::repo(&hub.endpoint(), "acme/m", &hub.path("v1"), &cache).arg("--revision").arg("v1").start();
+    assert_eq!(std::fs::read(main.path("config.json")).unwrap(), b"{\"v\":2}");
     assert_eq!(std::fs::read(v1.path("config.json")).unwrap(), b"{\"v\":1}");
     assert!(std::fs::read(main.path("w.bin")).unwrap() == weights);
     assert!(std::fs::read(v1.path("w.bin")).unwrap() == weights);
@@ -270,45 +199,16 @@ async fn repo_revisions_are_pinned() {
     // Read-only: every mutation is refused with EROFS.
     assert_eq!(errno_of(std::fs::write(main.path("x"), b"1")), libc::EROFS);
     assert_eq!(errno_of(std::fs::create_dir(main.path("d"))), libc::EROFS);
-    assert_eq!(
-        errno_of(std::fs::remove_file(main.path("config.json"))),
-        libc::EROFS
-    );
-    assert_eq!(
-        errno_of(std::fs::rename(main.path("config.json"), main.path("c2"))),
-        libc::EROFS
-    );
-    assert_eq!(
-        errno_of(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(main.path("config.json"))
-        ),
-        libc::EROFS
-    );
+    assert_eq!(errno_of(std::fs::remove_file(main.path("config.json"))), libc::EROFS);
+    assert_eq!(errno_of(std::fs::rename(main.path("config.json"), main.path("c2"))), libc::EROFS);
+    assert_eq!(errno_of(std::fs::OpenOptions::new().write(true).open(main.path("config.json"))), libc::EROFS);
 
     // Pinning by sha: the v1 mount's commit, taken from the process banner.
-    let client = hf_hub::HFClient::builder()
-        .endpoint(hub.endpoint())
-        .build()
-        .unwrap();
-    let sha = client
-        .model("acme", "m")
-        .info()
-        .revision("v1".to_string())
-        .send()
-        .await
-        .unwrap()
-        .sha
-        .unwrap();
-    let by_sha = MountCmd::repo(&hub.endpoint(), "acme/m", &hub.path("sha"), &cache)
-        .arg("--revision")
-        .arg(sha.as_str())
-        .start();
-    assert_eq!(
-        std::fs::read(by_sha.path("config.json")).unwrap(),
-        b"{\"v\":1}"
-    );
+    let client = hf_hub::HFClient::builder().endpoint(hub.endpoint()).build().unwrap();
+    let sha = client.model("acme", "m").info().revision("v1".to_string()).send().await.unwrap().sha.unwrap();
+    let by_sha =
+        MountCmd::repo(&hub.endpoint(), "acme/m", &hub.path("sha"), &cache).arg("--revision").arg(sha.as_str()).start();
+    assert_eq!(std::fs::read(by_sha.path("config.json")).unwrap(), b"{\"v\":1}");
     // A subfolder mount.
     let sub = MountCmd::repo(&hub.endpoint(), "acme/m/sub", &hub.path("sub"), &cache).start();
     assert_eq!(std::fs::read(sub.path("new.txt")).unwrap(), b"n");
@@ -322,68 +222,41 @@ async fn remote_changes_show_up_after_the_poll() {
     require_fuse();
     let hub = start_hub(|cfg, dir| {
         let src = dir.join("src");
-        write_tree(
-            &src,
-            &[("keep.txt", b"old".to_vec()), ("gone.txt", b"bye".to_vec())],
-        );
+        write_tree(&src, &[("keep.txt", b"old".to_vec()), ("gone.txt", b"bye".to_vec())]);
         cfg.imports.push(import_bucket("acme/live", &src));
     })
     .await;
-    let m = MountCmd::bucket(
-        &hub.endpoint(),
-        "acme/live",
-        &hub.path("mnt"),
-        &hub.path("cache"),
-    )
-    .arg("--poll-interval-secs")
-    .arg("1")
-    .arg("--metadata-ttl-ms")
-    .arg("60000")
-    .start();
+    let m = MountCmd::bucket(&hub.endpoint(), "acme/live", &hub.path("mnt"), &hub.path("cache"))
+        .arg("--poll-interval-secs")
+        .arg("1")
+        .arg("--metadata-ttl-ms")
+        .arg("60000")
+        .start();
     assert_eq!(std::fs::read(m.path("keep.txt")).unwrap(), b"old");
     assert!(m.path("gone.txt").exists());
     assert!(!m.path("new.txt").exists());
 
-    let client = hf_hub::HFClient::builder()
-        .endpoint(hub.endpoint())
-        .token("writer")
-        .build()
-        .unwrap();
+    let client = hf_hub::HFClient::builder().endpoint(hub.endpoint()).token("writer").build().unwrap();
     let bucket = client.bucket("acme", "live");
     bucket
         .upload_source_files()
         .files(vec![
-            (
-                "keep.txt".to_string(),
-                hf_hub::repository::AddSource::bytes(b"new content".to_vec()),
-            ),
-            (
-                "new.txt".to_string(),
-                hf_hub::repository::AddSource::bytes(b"fresh".to_vec()),
-            ),
+            ("keep.txt".to_string(), hf_hub::repository::AddSource::bytes(b"new content".to_vec())),
+            ("new.txt".to_string(), hf_hub::repository::AddSource::bytes(b"fresh".to_vec())),
         ])
         .send()
         .await
         .unwrap();
-    bucket
-        .delete_files()
-        .paths(vec!["gone.txt".into()])
-        .send()
-        .await
-        .unwrap();
+    bucket.delete_files().paths(vec!["gone.txt".into()]).send().await.unwrap();
 
     // The metadata TTL is a minute: only the poll can make these visible this fast.
-    wait_until(
-        "the poll to apply remote changes",
-        Duration::from_secs(15),
-        || m.path("new.txt").exists() && !m.path("gone.txt").exists(),
-    );
+    wait_until("the poll to apply remote changes", Duration::from_secs(15), || {
+        m.path("new.txt").exists() && !m.path("gone.txt").exists()
+    });
     assert_eq!(std::fs::read(m.path("new.txt")).unwrap(), b"fresh");
-    wait_until(
-        "the changed file to read new bytes",
-        Duration::from_secs(15),
-        || std::fs::read(m.path("keep.txt")).unwrap() == b"new content",
-    );
+    wait_until("the changed file to read new bytes", Duration::from_secs(15), || {
+        std::fs::read(m.path("keep.txt")).unwrap() == b"new content"
+    });
     m.stop();
 }
 
@@ -394,61 +267,31 @@ async fn bad_input_fails_with_one_clear_line() {
         let src = dir.join("src");
         write_tree(&src, &[("a.txt", b"a".to_vec())]);
         cfg.imports.push(import_bucket("acme/secret", &src));
-        cfg.imports
-            .push(import_repo(RepoKind::Model, "acme/m", &src, None));
+        cfg.imports.push(import_repo(RepoKind::Model, "acme/m", &src, None));
         cfg.private.push("acme/secret".into());
     })
     .await;
     let e = hub.endpoint();
     let cache = hub.path("cache");
     let cases: Vec<(MountCmd, &str)> = vec![
+        (MountCmd::bucket(&e, "acme/nope", &hub.path("m1"), &cache), "not found"),
+        (MountCmd::bucket(&e, "acme/secret", &hub.path("m2"), &cache), "authentication required"),
         (
-            MountCmd::bucket(&e, "acme/nope", &hub.path("m1"), &cache),
-            "not found",
-        ),
-        (
-            MountCmd::bucket(&e, "acme/secret", &hub.path("m2"), &cache),
+            MountCmd::bucket(&e, "acme/secret", &hub.path("m3"), &cache).env("HF_TOKEN", "not-a-real-token"),
             "authentication required",
         ),
-        (
-            MountCmd::bucket(&e, "acme/secret", &hub.path("m3"), &cache)
-                .env("HF_TOKEN", "not-a-real-token"),
-            "authentication required",
-        ),
-        (
-            MountCmd::repo(&e, "acme/m", &hub.path("m4"), &cache)
-                .arg("--revision")
-                .arg("nope"),
-            "not found",
-        ),
-        (
-            MountCmd::repo(&e, "acme/m", &hub.path("m5"), &cache)
-                .arg("--revision")
-                .arg("../../etc"),
-            "revision",
-        ),
-        (
-            MountCmd::repo(&e, "acme/m/missing-dir", &hub.path("m6"), &cache),
-            "not found",
-        ),
-        (
-            MountCmd::bucket(&e, "acme", &hub.path("m7"), &cache),
-            "NAMESPACE/NAME",
-        ),
+        (MountCmd::repo(&e, "acme/m", &hub.path("m4"), &cache).arg("--revision").arg("nope"), "not found"),
+        (MountCmd::repo(&e, "acme/m", &hub.path("m5"), &cache).arg("--revision").arg("../../etc"), "revision"),
+        (MountCmd::repo(&e, "acme/m/missing-dir", &hub.path("m6"), &cache), "not found"),
+        (MountCmd::bucket(&e, "acme", &hub.path("m7"), &cache), "NAMESPACE/NAME"),
     ];
     for (cmd, want) in cases {
         let (code, stderr) = cmd.fail();
         assert_ne!(code, 0);
-        let last = stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect::<Vec<_>>();
+        let last = stderr.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>();
         assert_eq!(last.len(), 1, "expected one error line, got:\n{stderr}");
         assert!(last[0].contains(want), "{want:?} not in {:?}", last[0]);
-        assert!(
-            !stderr.contains("not-a-real-token"),
-            "the token leaked into the output"
-        );
+        assert!(!stderr.contains("not-a-real-token"), "the token leaked into the output");
     }
     // A missing mountpoint.
     let missing = hub.dir.path().join("does-not-exist");
@@ -478,57 +321,25 @@ async fn transient_faults_are_survived_and_permanent_ones_give_eio() {
     let other = pattern(3 * MIB, 13);
     let hub = start_hub(|cfg, dir| {
         let src = dir.join("src");
-        write_tree(
-            &src,
-            &[
-                ("f.bin", data.clone()),
-                ("g.bin", other.clone()),
-                ("h.bin", pattern(MIB, 12)),
-            ],
-        );
+        write_tree(&src, &[("f.bin", data.clone()), ("g.bin", other.clone()), ("h.bin", pattern(MIB, 12))]);
         cfg.imports.push(import_bucket("acme/faulty", &src));
     })
     .await;
-    let m = MountCmd::bucket(
-        &hub.endpoint(),
-        "acme/faulty",
-        &hub.path("mnt"),
-        &hub.path("cache"),
-    )
-    .start();
+    let m = MountCmd::bucket(&hub.endpoint(), "acme/faulty", &hub.path("mnt"), &hub.path("cache")).start();
     assert!(m.path("f.bin").exists());
 
     // One 429 on the next CAS request: the read still succeeds.
     let before = hub.metrics().with_status(429);
-    hub.emu.set_faults(Faults {
-        fail_next: 1,
-        fail_status: 429,
-        scope: FaultScope::Cas,
-        ..Faults::default()
-    });
+    hub.emu.set_faults(Faults { fail_next: 1, fail_status: 429, scope: FaultScope::Cas, ..Faults::default() });
     assert!(std::fs::read(m.path("f.bin")).unwrap() == data);
-    assert_eq!(
-        hub.metrics().with_status(429) - before,
-        1.0,
-        "the injected 429 was not hit"
-    );
+    assert_eq!(hub.metrics().with_status(429) - before, 1.0, "the injected 429 was not hit");
 
     // One 429 on the next API request (a listing): the lookup still succeeds.
-    hub.emu.set_faults(Faults {
-        fail_next: 1,
-        fail_status: 429,
-        scope: FaultScope::Api,
-        ..Faults::default()
-    });
+    hub.emu.set_faults(Faults { fail_next: 1, fail_status: 429, scope: FaultScope::Api, ..Faults::default() });
     assert!(std::fs::metadata(m.path("h.bin")).is_ok());
 
     // A permanent failure of CAS: EIO for that read, and the mount stays alive.
-    hub.emu.set_faults(Faults {
-        fail_next: 10_000,
-        fail_status: 500,
-        scope: FaultScope::Cas,
-        ..Faults::default()
-    });
+    hub.emu.set_faults(Faults { fail_next: 10_000, fail_status: 500, scope: FaultScope::Cas, ..Faults::default() });
     assert_eq!(errno_of(std::fs::read(m.path("g.bin"))), libc::EIO);
     hub.emu.set_faults(Faults::default());
     assert!(std::fs::read(m.path("g.bin")).unwrap() == other);

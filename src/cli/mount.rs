@@ -77,6 +77,10 @@ pub struct CommonArgs {
     /// Where a --no-push mount keeps its upper layer (default: <cache-dir>/overlay/<source>).
     #[arg(long, requires = "no_push")]
     pub overlay_dir: Option<PathBuf>,
+    /// Where a bucket mount stages changes (default: <cache-dir>/staging/<source>). Two
+    /// read-write mounts of one source at the same time need different staging directories.
+    #[arg(long, conflicts_with = "no_push")]
+    pub staging_dir: Option<PathBuf>,
     /// Quiet time after a close before a file is committed (batches bursts).
     #[arg(long, default_value_t = 2000)]
     pub flush_debounce_ms: u64,
@@ -133,7 +137,7 @@ impl MountTarget {
             poll_interval: (common.poll_interval_secs > 0).then(|| Duration::from_secs(common.poll_interval_secs)),
             allow_other: !common.no_allow_other,
             no_push: common.no_push,
-            overlay_dir: common.overlay_dir,
+            overlay_dir: common.overlay_dir.or(common.staging_dir),
             flush_debounce: Duration::from_millis(common.flush_debounce_ms),
             flush_max_window: Duration::from_secs(common.flush_max_window_secs),
             flush_timeout: Duration::from_secs(common.flush_timeout_secs),

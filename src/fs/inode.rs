@@ -440,6 +440,14 @@ mod tests {
         RemoteEntry { path: path.into(), kind: EntryKind::Dir, size: 0, mtime: None, content: None }
     }
 
+    impl InodeTable {
+        fn apply(&mut self, dir: Ino, entries: &[RemoteEntry]) -> ListingDiff {
+            let merged: Vec<MergedEntry> =
+                entries.iter().map(|r| MergedEntry { remote: r.clone(), local: None }).collect();
+            self.apply_listing(dir, &merged)
+        }
+    }
+
     #[test]
     fn listing_diff_reports_added_changed_removed() {
         let mut t = InodeTable::new(1000, SystemTime::UNIX_EPOCH);

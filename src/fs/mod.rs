@@ -436,6 +436,13 @@ impl<R: Remote> Fs<R> {
             if l.hides_remote(&path) {
                 return Err(FsError::NotFound);
             }
+            if l.has_below(&path) {
+                let mut t = self.table();
+                let (ino, _) = t.upsert_merged(parent, &layer::implicit_dir(path));
+                let attr = self.attr_of(ino, t.get(ino).expect("just inserted"));
+                t.add_lookup(ino);
+                return Ok(Entry { attr, ttl: self.ttl() });
+            }
         }
         if self.info.immutable {
             // Pinned repos: list once, answer every later lookup in this directory from memory.

@@ -100,9 +100,23 @@ pub(crate) fn from_hf(e: HFError, what: &str) -> Failure {
     Failure { error, retry_after }
 }
 
+/// The HTTP status `hf-xet` names in an error message, if any: it reports some failures of
+/// its token and CAS requests only as text, e.g. `HTTP status client error (403 Forbidden)`.
+fn status_in_message(m: &str) -> Option<u16> {
+    let i = m.find("error (")? + "error (".len();
+    let code = m.get(i..i + 3)?;
+    let status: u16 = code.parse().ok()?;
+    (100..600).contains(&status).then_some(status)
+}
+
 /// Classify an `hf-xet` error.
 pub(crate) fn from_xet(e: XetError, what: &str) -> Failure {
     let msg = format!("{what}: {e}");
+    if let XetError::Network(inner) | XetError::ServerError(inner) = &e
+        && let Some(status) = status_in_message(inner)
+    {
+        return Failure { error: RemoteError::from_status(status, msg), retry_after: None };
+    }
     let error = match e {
         XetError::Authentication(_) => RemoteError::Unauthorized(msg),
         XetError::NotFound(_) => RemoteError::NotFound(msg),
@@ -118,6 +132,19 @@ pub(crate) fn from_xet(e: XetError, what: &str) -> Failure {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn xet_messages_carry_statuses() {
+        let e = XetError::Network(
+            "Request error: HTTP status client error (403 Forbidden), domain: http://h/api/buckets/a/b/xet-write-token"
+                .into(),
+        );
+        assert!(matches!(from_xet(e, "x").error, RemoteError::Forbidden(_)));
+        let e = XetError::Network("HTTP status server error (507 Insufficient Storage)".into());
+        assert!(matches!(from_xet(e, "x").error, RemoteError::NoSpace(_)));
+        let e = XetError::Network("connection reset".into());
+        assert!(matches!(from_xet(e, "x").error, RemoteError::Unavailable(_)));
+    }
 
     fn fast() -> RetryPolicy {
         RetryPolicy { attempts: 3, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) }

@@ -30,7 +30,9 @@ pub struct MountSpec {
     pub allow_other: bool,
     /// Keep every change in a local upper layer, never upload.
     pub no_push: bool,
-    /// Upper layer location for `no_push` (default `<cache-dir>/overlay/<source>`).
+    /// Location of the local layer: the upper layer of a `no_push` mount (default
+    /// `<cache-dir>/overlay/<source>`) or the staging area of a bucket mount (default
+    /// `<cache-dir>/staging/<source>`).
     pub overlay_dir: Option<PathBuf>,
     /// Quiet time after a close before a bucket file is committed.
     pub flush_debounce: Duration,
@@ -92,13 +94,11 @@ impl MountSpec {
 
     /// Where this mount keeps its local layer.
     pub fn layer_dir(&self) -> PathBuf {
-        if self.no_push {
-            return self
-                .overlay_dir
-                .clone()
-                .unwrap_or_else(|| self.cache_dir.join("overlay").join(self.source.state_key()));
+        if let Some(d) = &self.overlay_dir {
+            return d.clone();
         }
-        self.cache_dir.join("staging").join(self.source.state_key())
+        let kind = if self.no_push { "overlay" } else { "staging" };
+        self.cache_dir.join(kind).join(self.source.state_key())
     }
 }
 

@@ -54,10 +54,7 @@ impl Hub {
 pub async fn start_hub(tweak: impl FnOnce(&mut EmulatorConfig, &Path)) -> Hub {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = EmulatorConfig::new(dir.path().join("hub"));
-    cfg.tokens = vec![
-        ("reader".into(), TokenScope::Read),
-        ("writer".into(), TokenScope::Write),
-    ];
+    cfg.tokens = vec![("reader".into(), TokenScope::Read), ("writer".into(), TokenScope::Write)];
     tweak(&mut cfg, dir.path());
     let emu = Emulator::start(cfg).await.expect("emulator starts");
     Hub { emu, dir }
@@ -88,23 +85,10 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// Shorthand for an import.
 pub fn import_bucket(id: &str, dir: &Path) -> Import {
-    Import::Bucket {
-        id: id.into(),
-        dir: dir.to_path_buf(),
-    }
+    Import::Bucket { id: id.into(), dir: dir.to_path_buf() }
 }
 
 /// Shorthand for a repo import with an optional tag.
-pub fn import_repo(
-    kind: hf_csi::emulator::RepoKind,
-    id: &str,
-    dir: &Path,
-    tag: Option<&str>,
-) -> Import {
-    Import::Repo {
-        kind,
-        id: id.into(),
-        dir: dir.to_path_buf(),
-        tag: tag.map(str::to_string),
-    }
+pub fn import_repo(kind: hf_csi::emulator::RepoKind, id: &str, dir: &Path, tag: Option<&str>) -> Import {
+    Import::Repo { kind, id: id.into(), dir: dir.to_path_buf(), tag: tag.map(str::to_string) }
 }

@@ -36,11 +36,7 @@ impl MountCmd {
             "--cache-dir".into(),
             cache.display().to_string(),
         ];
-        MountCmd {
-            args,
-            mountpoint: mountpoint.to_path_buf(),
-            envs: vec![("HF_TOKEN".into(), String::new())],
-        }
+        MountCmd { args, mountpoint: mountpoint.to_path_buf(), envs: vec![("HF_TOKEN".into(), String::new())] }
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -64,12 +60,7 @@ impl MountCmd {
 
     /// Start and wait until mounted; panics with the process output if it fails.
     pub fn start(self) -> Mount {
-        let mut child = self
-            .command()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hf-csi");
+        let mut child = self.command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hf-csi");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !is_mounted(&self.mountpoint) {
             if let Ok(Some(status)) = child.try_wait() {
@@ -80,11 +71,7 @@ impl MountCmd {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for the mount at {}",
-                self.mountpoint.display()
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for the mount at {}", self.mountpoint.display());
             std::thread::sleep(Duration::from_millis(50));
         }
         // Drain stderr in the background so the child never blocks on a full pipe.
@@ -98,25 +85,15 @@ impl MountCmd {
                 l.push('\n');
             }
         });
-        Mount {
-            child: Some(child),
-            mountpoint: self.mountpoint,
-            log,
-        }
+        Mount { child: Some(child), mountpoint: self.mountpoint, log }
     }
 
     /// Run expecting failure; returns (exit code, stderr).
     pub fn fail(self) -> (i32, String) {
         let out = self.command().output().expect("spawn hf-csi");
         assert!(!out.status.success(), "mount unexpectedly succeeded");
-        assert!(
-            !is_mounted(&self.mountpoint),
-            "a failed mount left something mounted"
-        );
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        assert!(!is_mounted(&self.mountpoint), "a failed mount left something mounted");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
     }
 }
 
@@ -172,10 +149,7 @@ impl Mount {
                 let _ = c.kill();
                 let _ = c.wait();
                 lazy_unmount(&self.mountpoint);
-                panic!(
-                    "hf-csi did not exit within 30 s of SIGTERM; log:\n{}",
-                    self.log()
-                );
+                panic!("hf-csi did not exit within 30 s of SIGTERM; log:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -208,11 +182,7 @@ pub fn is_mounted(path: &Path) -> bool {
     };
     let target = canon.join(path.file_name().unwrap_or_default());
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|mp| Path::new(mp) == target)
-    })
+    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|mp| Path::new(mp) == target))
 }
 
 /// Detach whatever is mounted at `path` (no-op when nothing is).

@@ -43,11 +43,7 @@ impl Machine {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .is_ok_and(|s| s.code() == Some(1));
-        let commit = if dirty {
-            format!("{commit} + uncommitted changes")
-        } else {
-            commit
-        };
+        let commit = if dirty { format!("{commit} + uncommitted changes") } else { commit };
         Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

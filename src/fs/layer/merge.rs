@@ -43,11 +43,17 @@ pub(crate) fn merge_listing(layer: &Layer, dir: &str, remote: Vec<RemoteEntry>, 
         if seen.contains(&path) {
             continue;
         }
-        if let Some(m) = local_entry(&path, &e) {
-            out.push(m);
+        match e {
+            Some(e) => out.extend(local_entry(&path, &e)),
+            None => out.push(implicit_dir(path)),
         }
     }
     out
+}
+
+/// A directory that exists only because layer entries lie below it.
+pub(crate) fn implicit_dir(path: String) -> MergedEntry {
+    MergedEntry { remote: RemoteEntry { path, kind: EntryKind::Dir, size: 0, mtime: None, content: None }, local: None }
 }
 
 /// The merged entry a layer entry shows as (`None` for a whiteout).

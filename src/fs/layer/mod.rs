@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-pub(crate) use merge::{MergedEntry, local_entry as local_entry_of, merge_listing};
+pub(crate) use merge::{MergedEntry, implicit_dir, local_entry as local_entry_of, merge_listing};
 pub(crate) use persist::Sidecar;
 
 use crate::hub::{ContentId, RemoteError};
@@ -234,17 +234,37 @@ impl Layer {
         false
     }
 
-    /// Entries directly inside directory `dir` (`""` = root), as (name, entry).
-    pub fn children(&self, dir: &str) -> Vec<(String, Arc<LocalEntry>)> {
+    /// Entries directly inside directory `dir` (`""` = root), as (name, entry). A name with
+    /// entries below it but none of its own is an implicit directory (`None`), as on a bucket.
+    pub fn children(&self, dir: &str) -> Vec<(String, Option<Arc<LocalEntry>>)> {
         let map = self.map();
         let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let mut out: Vec<(String, Option<Arc<LocalEntry>>)> = Vec::new();
+        for (k, e) in map.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
+            let rest = &k[prefix.len()..];
+            match rest.split_once('/') {
+                None if !rest.is_empty() => out.push((rest.to_string(), Some(e.clone()))),
+                Some((first, _)) => {
+                    if out.last().is_none_or(|(n, _)| n != first) && e.lock().kind != LocalKind::Whiteout {
+                        out.push((first.to_string(), None));
+                    }
+                }
+                None => {}
+            }
+        }
+        // An explicit entry wins over the implicit directory of the same name.
+        out.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.is_some().cmp(&a.1.is_some())));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+
+    /// Whether something (other than whiteouts) lies below `path` in the layer.
+    pub fn has_below(&self, path: &str) -> bool {
+        let map = self.map();
+        let prefix = format!("{path}/");
         map.range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter_map(|(k, e)| {
-                let rest = &k[prefix.len()..];
-                (!rest.is_empty() && !rest.contains('/')).then(|| (rest.to_string(), e.clone()))
-            })
-            .collect()
+            .any(|(_, e)| e.lock().kind != LocalKind::Whiteout)
     }
 
     /// Entries at `dir` or below it (for directory renames and deletes).
