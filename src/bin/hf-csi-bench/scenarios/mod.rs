@@ -112,12 +112,34 @@ impl<'a> Ctx<'a> {
     ) -> Result<(T, HubStats), String> {
         let m = self.mount(bucket, scenario, None)?;
         let before = self.hub();
+        let cpu = self.cpu_start(&m);
         let out = f(&m);
+        self.cpu_end(&m, scenario, cpu);
         let cost = self.hub().since(&before);
         let finished = self.finish(m, scenario);
         let out = out?;
         finished?;
         Ok((out, cost))
+    }
+
+    /// CPU clocks at the start of a measurement: (mount process, this process, wall).
+    pub fn cpu_start(&self, m: &Mount) -> (f64, f64, std::time::Instant) {
+        (rss::cpu_secs(m.pid()).unwrap_or(f64::NAN), rss::own_cpu_secs(), std::time::Instant::now())
+    }
+
+    /// Records where the CPU went during a measurement: the mount process, and this process
+    /// (the emulator, the network proxy and the reading thread).
+    pub fn cpu_end(&self, m: &Mount, scenario: &str, start: (f64, f64, std::time::Instant)) {
+        let mount = rss::cpu_secs(m.pid()).unwrap_or(f64::NAN) - start.0;
+        let bench = rss::own_cpu_secs() - start.1;
+        self.detail(
+            format!("cpu/{scenario}"),
+            serde_json::json!({
+                "wall_s": start.2.elapsed().as_secs_f64(),
+                "mount_cpu_s": mount,
+                "bench_cpu_s": bench,
+            }),
+        );
     }
 
     pub fn hub(&self) -> HubStats {

@@ -30,7 +30,9 @@ fn sequential(ctx: &Ctx<'_>, file: &DataFile) -> Result<Sequential, String> {
     let a = ctx.mount(DATA_BUCKET, &scen, None)?;
     let cache = a.cache_dir.clone();
     let before = ctx.hub();
+    let cpu = ctx.cpu_start(&a);
     let cold = read_all(&a.path(&file.remote));
+    ctx.cpu_end(&a, &scen, cpu);
     let cold_cost = ctx.hub().since(&before);
     ctx.finish(a, &scen)?;
     let (n, secs) = cold?;
@@ -39,9 +41,13 @@ fn sequential(ctx: &Ctx<'_>, file: &DataFile) -> Result<Sequential, String> {
     drop_page_cache(&cache)?;
     let b = ctx.mount(DATA_BUCKET, &format!("{scen} cached"), Some(&cache))?;
     let before = ctx.hub();
+    let cpu = ctx.cpu_start(&b);
     let cached = read_all(&b.path(&file.remote));
+    ctx.cpu_end(&b, &format!("{scen} cached"), cpu);
     let cached_cost = ctx.hub().since(&before);
+    let cpu = ctx.cpu_start(&b);
     let warm = read_all(&b.path(&file.remote));
+    ctx.cpu_end(&b, &format!("{scen} warm"), cpu);
     ctx.finish(b, &scen)?;
     let cached = cached.and_then(|(n, s)| check_len(n, file).map(|_| mb_s(n, s)));
     let warm = warm.and_then(|(n, s)| check_len(n, file).map(|_| mb_s(n, s)));
