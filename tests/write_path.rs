@@ -403,7 +403,8 @@ async fn read_only_token_gets_eacces_and_keeps_the_data() {
         .arg("--flush-timeout-secs")
         .arg("2")
         .start();
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).mode(0o644).open(m.path("w.txt")).unwrap();
+    let mut f =
+        std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o644).open(m.path("w.txt")).unwrap();
     f.write_all(b"keep me").unwrap();
     let err = f.sync_all().unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");

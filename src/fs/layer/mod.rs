@@ -244,11 +244,12 @@ impl Layer {
             let rest = &k[prefix.len()..];
             match rest.split_once('/') {
                 None if !rest.is_empty() => out.push((rest.to_string(), Some(e.clone()))),
-                Some((first, _)) => {
-                    if out.last().is_none_or(|(n, _)| n != first) && e.lock().kind != LocalKind::Whiteout {
-                        out.push((first.to_string(), None));
-                    }
+                Some((first, _))
+                    if out.last().is_none_or(|(n, _)| n != first) && e.lock().kind != LocalKind::Whiteout =>
+                {
+                    out.push((first.to_string(), None));
                 }
+                Some(_) => {}
                 None => {}
             }
         }
