@@ -835,3 +835,8 @@ fn statvfs_bytes(dir: &std::path::Path) -> Option<(u64, u64)> {
     }
     Some((s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize))
 }
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;

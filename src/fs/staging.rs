@@ -24,6 +24,12 @@ impl<R: Remote> Fs<R> {
         self.cfg.staging.as_ref().map_or(0, |s| s.staging_quota)
     }
 
+    /// Whether `bytes` more fit under the quota right now (two loads, no system call).
+    pub(super) fn fits(&self, bytes: u64) -> bool {
+        let quota = self.quota();
+        quota == 0 || bytes == 0 || self.layer.as_ref().is_some_and(|l| l.usage() + bytes <= quota)
+    }
+
     /// Make room for `bytes` more bytes in the layer: free clean files, then (bucket mounts)
     /// force a flush and wait, bounded, for dirty bytes to drain; then give up with `ENOSPC`.
     pub(super) async fn reserve(&self, bytes: u64) -> FsResult<()> {

@@ -171,20 +171,50 @@ impl<R: Remote> Fs<R> {
 
     /// Write `data` at `offset` (or at the end for `O_APPEND`).
     pub async fn write(&self, ino: Ino, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (h, e) = self.writable_handle(ino, fh)?;
+        let (offset, growth) = self.write_extent(&h, &e, offset, data.len())?;
+        self.reserve(growth).await?;
+        self.write_at(&h, &e, offset, data)
+    }
+
+    /// The same write, done right away when no waiting is needed (the quota has room): no
+    /// copy of the data and no task switch. `None` means "use [`Self::write`]".
+    pub fn write_now(&self, ino: Ino, fh: u64, offset: u64, data: &[u8]) -> Option<FsResult<u32>> {
+        let (h, e) = match self.writable_handle(ino, fh) {
+            Ok(x) => x,
+            Err(err) => return Some(Err(err)),
+        };
+        let (offset, growth) = match self.write_extent(&h, &e, offset, data.len()) {
+            Ok(x) => x,
+            Err(err) => return Some(Err(err)),
+        };
+        if !self.fits(growth) {
+            return None;
+        }
+        Some(self.write_at(&h, &e, offset, data))
+    }
+
+    fn writable_handle(&self, ino: Ino, fh: u64) -> FsResult<(Arc<FileHandle>, Arc<LocalEntry>)> {
         let h = self.file_handle(ino, fh)?;
         let FileSource::Local(e) = &h.source else { return Err(FsError::BadHandle) };
         if !h.writable {
             return Err(FsError::BadHandle);
         }
+        let e = e.clone();
+        Ok((h, e))
+    }
+
+    /// Where a write lands and how many bytes it adds to the layer.
+    fn write_extent(&self, h: &FileHandle, e: &LocalEntry, offset: u64, len: usize) -> FsResult<(u64, u64)> {
+        let st = e.lock();
+        let offset = if h.append { st.size } else { offset };
+        let end = offset.checked_add(len as u64).ok_or(FsError::Invalid)?;
+        Ok((offset, end.saturating_sub(st.accounted)))
+    }
+
+    fn write_at(&self, h: &FileHandle, e: &Arc<LocalEntry>, offset: u64, data: &[u8]) -> FsResult<u32> {
         let layer = self.writable()?;
-        let (file, offset, growth) = {
-            let st = e.lock();
-            let file = st.data.clone().ok_or(FsError::BadHandle)?;
-            let offset = if h.append { st.size } else { offset };
-            let end = offset.checked_add(data.len() as u64).ok_or(FsError::Invalid)?;
-            (file, offset, end.saturating_sub(st.accounted))
-        };
-        self.reserve(growth).await?;
+        let file = e.lock().data.clone().ok_or(FsError::BadHandle)?;
         file.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;
         let first = self.mark_dirty(e);

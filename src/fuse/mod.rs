@@ -203,6 +203,12 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // Most writes complete at once (a local pwrite); only quota pressure needs to wait.
+        match self.fs.write_now(ino.0, fh.0, offset, data) {
+            Some(Ok(n)) => return reply.written(n),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
         let (fs, data) = (self.fs.clone(), data.to_vec());
         self.rt.spawn(async move {
             match fs.write(ino.0, fh.0, offset, &data).await {
