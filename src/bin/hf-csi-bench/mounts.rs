@@ -80,6 +80,12 @@ impl Mount {
         Ok(mount)
     }
 
+    /// `Some(description)` if the process has exited on its own (it should run until stopped).
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        Some(format!("hf-csi mount exited by itself ({status}); last log lines:\n{}", self.log_tail()))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
     }

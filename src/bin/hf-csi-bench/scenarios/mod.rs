@@ -92,8 +92,12 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// Records the mount's peak RSS under `scenario`, then unmounts it.
-    pub fn finish(&self, mount: Mount, scenario: &str) -> Result<Rss, String> {
+    /// Records the mount's peak RSS under `scenario`, then unmounts it. Fails if the mount
+    /// process died during the scenario (with its last log lines).
+    pub fn finish(&self, mut mount: Mount, scenario: &str) -> Result<Rss, String> {
+        if let Some(died) = mount.exited() {
+            return Err(died);
+        }
         let r = rss::read(mount.pid());
         if let Ok(r) = r {
             self.rss.borrow_mut().push((scenario.to_string(), r));
@@ -117,7 +121,10 @@ impl<'a> Ctx<'a> {
         self.cpu_end(&m, scenario, cpu);
         let cost = self.hub().since(&before);
         let finished = self.finish(m, scenario);
-        let out = out?;
+        let out = out.map_err(|e| match &finished {
+            Err(f) => format!("{e}; then: {f}"),
+            Ok(_) => e,
+        })?;
         finished?;
         Ok((out, cost))
     }

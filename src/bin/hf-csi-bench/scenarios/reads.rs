@@ -34,8 +34,13 @@ fn sequential(ctx: &Ctx<'_>, file: &DataFile) -> Result<Sequential, String> {
     let cold = read_all(&a.path(&file.remote));
     ctx.cpu_end(&a, &scen, cpu);
     let cold_cost = ctx.hub().since(&before);
-    ctx.finish(a, &scen)?;
-    let (n, secs) = cold?;
+    let finished = ctx.finish(a, &scen);
+    // A read error says more than the unmount that follows it.
+    let (n, secs) = cold.map_err(|e| match &finished {
+        Err(f) => format!("{e}; then: {f}"),
+        Ok(_) => e,
+    })?;
+    finished?;
     check_len(n, file)?;
 
     drop_page_cache(&cache)?;
@@ -48,9 +53,12 @@ fn sequential(ctx: &Ctx<'_>, file: &DataFile) -> Result<Sequential, String> {
     let cpu = ctx.cpu_start(&b);
     let warm = read_all(&b.path(&file.remote));
     ctx.cpu_end(&b, &format!("{scen} warm"), cpu);
-    ctx.finish(b, &scen)?;
+    let finished = ctx.finish(b, &scen);
     let cached = cached.and_then(|(n, s)| check_len(n, file).map(|_| mb_s(n, s)));
     let warm = warm.and_then(|(n, s)| check_len(n, file).map(|_| mb_s(n, s)));
+    if let (Ok(_), Ok(_), Err(f)) = (&cached, &warm, finished) {
+        return Err(f);
+    }
     Ok(Sequential {
         cold_mb_s: Ok(mb_s(n, secs)),
         cold_ms: Ok(secs * 1e3),
