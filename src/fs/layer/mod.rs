@@ -76,6 +76,8 @@ pub(crate) struct LocalState {
     pub accounted: u64,
     /// Removed from the layer while still open (the data file is deleted on drop).
     pub orphan: bool,
+    /// Removed from the layer: never persisted again.
+    pub removed: bool,
     /// Whether the remote holds something at `path` (so removing it needs a whiteout).
     pub remote_exists: bool,
     /// For a reference to remote content: the remote path it was read from (git content is
@@ -111,8 +113,13 @@ impl LocalEntry {
     }
 
     /// Write the sidecar (atomically). Failures are logged: the data is still safe on disk.
+    /// Runs under the entry's lock, like removal, so a removed entry is never resurrected.
     pub fn persist(&self) {
-        let side = Sidecar::from_state(self.id, &self.lock());
+        let st = self.lock();
+        if st.removed {
+            return;
+        }
+        let side = Sidecar::from_state(self.id, &st);
         if let Err(e) = persist::write_sidecar(&self.meta_path(), &side) {
             tracing::error!(path = %side.path, error = %e, "cannot persist a staging entry");
         }
@@ -312,8 +319,9 @@ impl Layer {
 
     /// Forget an entry's files; an open data file lives until its last handle closes.
     fn discard(&self, e: &Arc<LocalEntry>) {
-        let _ = std::fs::remove_file(e.meta_path());
         let mut st = e.lock();
+        st.removed = true;
+        let _ = std::fs::remove_file(e.meta_path());
         if st.data.is_some() {
             self.add_usage(-(st.accounted as i64));
             st.accounted = 0;
@@ -443,6 +451,7 @@ pub(crate) fn new_state(path: String, kind: LocalKind, mode: u16, uid: u32, gid:
         error: None,
         accounted: 0,
         orphan: false,
+        removed: false,
         remote_exists: false,
         origin: None,
     }

@@ -108,6 +108,7 @@ impl Sidecar {
             error: None,
             accounted: 0,
             orphan: false,
+            removed: false,
             remote_exists: self.remote_exists,
             origin: self.origin,
         }
