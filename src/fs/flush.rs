@@ -175,13 +175,21 @@ impl<R: Remote> Fs<R> {
                 return Err(e);
             }
         };
+        // From here on the namespace stands still: the commit is built from the entries'
+        // current paths and lands before any rename or unlink can look at them again. (A rename
+        // racing with an in-flight commit would otherwise miss that the old name now exists
+        // remotely and leave it behind.)
+        let _ns = self.ns_lock.lock().await;
+        let current = |path: &str, e: &Arc<LocalEntry>| layer.get(path).is_some_and(|x| Arc::ptr_eq(&x, e));
         let mut adds = Vec::new();
         let mut committed_uploads = Vec::new();
         for (item, up) in uploads.iter().zip(uploaded.iter()) {
             let Op::Upload { generation } = item.op else { continue };
+            // Lock order: the layer map before an entry's state.
+            let path = item.entry.lock().path.clone();
+            let is_current = current(&path, &item.entry);
             let st = item.entry.lock();
-            let current = layer.get(&st.path).is_some_and(|e| Arc::ptr_eq(&e, &item.entry));
-            if st.generation != generation || !current {
+            if st.generation != generation || !is_current || st.path != path {
                 // Written, truncated or removed during the upload: this version is stale.
                 continue;
             }
@@ -200,6 +208,10 @@ impl<R: Remote> Fs<R> {
         for item in &items {
             match &item.op {
                 Op::AddRef { hash, size } => {
+                    let path = item.entry.lock().path.clone();
+                    if !current(&path, &item.entry) {
+                        continue;
+                    }
                     let st = item.entry.lock();
                     adds.push(CommitAdd {
                         path: st.path.clone(),
@@ -209,9 +221,10 @@ impl<R: Remote> Fs<R> {
                     });
                     refs.push(item.entry.clone());
                 }
-                Op::Delete => deletes.push(item.path.clone()),
-                Op::DirWhiteout => dir_whiteouts.push(item.path.clone()),
-                Op::Upload { .. } => {}
+                // A whiteout replaced by a new entry since: that entry's add will overwrite.
+                Op::Delete if current(&item.path, &item.entry) => deletes.push(item.path.clone()),
+                Op::DirWhiteout if current(&item.path, &item.entry) => dir_whiteouts.push(item.path.clone()),
+                Op::Delete | Op::DirWhiteout | Op::Upload { .. } => {}
             }
         }
         let added: HashSet<&str> = adds.iter().map(|a| a.path.as_str()).collect();

@@ -277,7 +277,29 @@ impl<R: Remote> Fs<R> {
         (self.info.immutable && self.layer.is_none()) || at.elapsed() < self.cfg.metadata_ttl
     }
 
-    fn attr_of(&self, ino: Ino, n: &Node) -> Attr {
+    /// Directory link count: 2 + subdirectories when the listing is complete, else 1 (the
+    /// conventional "unknown", so tools never skip subdirectories based on it).
+    fn dir_nlink(&self, t: &InodeTable, n: &Node) -> u32 {
+        match n.dir.as_ref() {
+            Some(d) if d.listed.is_some() => {
+                2 + d.entries.values().filter(|c| t.get(**c).is_some_and(|cn| cn.kind == FileKind::Dir)).count() as u32
+            }
+            _ => 1,
+        }
+    }
+
+    fn attr_of(&self, t: &InodeTable, ino: Ino, n: &Node) -> Attr {
+        let mut a = self.attr_of_node(ino, n);
+        if a.kind == FileKind::Dir {
+            a.nlink = self.dir_nlink(t, n);
+        }
+        if n.detached {
+            a.nlink = 0;
+        }
+        a
+    }
+
+    fn attr_of_node(&self, ino: Ino, n: &Node) -> Attr {
         if let Some(l) = &n.local {
             let st = l.lock();
             let kind = match st.kind {
@@ -413,7 +435,7 @@ impl<R: Remote> Fs<R> {
             if let Some(ino) = t.child(parent, name) {
                 let n = t.get(ino).expect("indexed child exists");
                 if listed || n.local.is_some() || self.fresh(n.validated) {
-                    let attr = self.attr_of(ino, n);
+                    let attr = self.attr_of(&t, ino, n);
                     t.add_lookup(ino);
                     return Ok(Entry { attr, ttl: self.ttl() });
                 }
@@ -429,7 +451,7 @@ impl<R: Remote> Fs<R> {
                 };
                 let mut t = self.table();
                 let (ino, _) = t.upsert_merged(parent, &m);
-                let attr = self.attr_of(ino, t.get(ino).expect("just inserted"));
+                let attr = self.attr_of(&t, ino, t.get(ino).expect("just inserted"));
                 t.add_lookup(ino);
                 return Ok(Entry { attr, ttl: self.ttl() });
             }
@@ -439,7 +461,7 @@ impl<R: Remote> Fs<R> {
             if l.has_below(&path) {
                 let mut t = self.table();
                 let (ino, _) = t.upsert_merged(parent, &layer::implicit_dir(path));
-                let attr = self.attr_of(ino, t.get(ino).expect("just inserted"));
+                let attr = self.attr_of(&t, ino, t.get(ino).expect("just inserted"));
                 t.add_lookup(ino);
                 return Ok(Entry { attr, ttl: self.ttl() });
             }
@@ -468,7 +490,7 @@ impl<R: Remote> Fs<R> {
         }
         let mut t = self.table();
         let ino = t.child(parent, name).ok_or(FsError::NotFound)?;
-        let attr = self.attr_of(ino, t.get(ino).expect("indexed child exists"));
+        let attr = self.attr_of(&t, ino, t.get(ino).expect("indexed child exists"));
         t.add_lookup(ino);
         t.evict_over_cap();
         Ok(Entry { attr, ttl: self.ttl() })
@@ -487,7 +509,7 @@ impl<R: Remote> Fs<R> {
     pub fn getattr(&self, ino: Ino) -> FsResult<(Attr, Duration)> {
         let t = self.table();
         let n = t.get(ino).ok_or(FsError::NotFound)?;
-        Ok((self.attr_of(ino, n), self.ttl()))
+        Ok((self.attr_of(&t, ino, n), self.ttl()))
     }
 
     pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
@@ -544,7 +566,7 @@ impl<R: Remote> Fs<R> {
     /// Attributes for a `readdirplus` entry (without taking a reference yet).
     pub fn entry_attr(&self, ino: Ino) -> Option<Entry> {
         let t = self.table();
-        t.get(ino).map(|n| Entry { attr: self.attr_of(ino, n), ttl: self.ttl() })
+        t.get(ino).map(|n| Entry { attr: self.attr_of(&t, ino, n), ttl: self.ttl() })
     }
 
     pub fn releasedir(&self, fh: u64) {

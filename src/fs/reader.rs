@@ -20,30 +20,45 @@ pub const MIN_WINDOW: u64 = 4 * BLOCK_SIZE;
 /// ...and doubles on each sequential read up to this.
 pub const MAX_WINDOW: u64 = 64 * 1024 * 1024;
 
-/// Per-handle sequential-access detector.
+/// Per-handle sequential-access detector and prefetch scheduler.
 #[derive(Debug)]
 pub(crate) struct ReadAhead {
+    /// Where the last read ended.
     next: u64,
     window: u64,
+    /// End of the last prefetch scheduled for this handle.
+    requested_end: u64,
 }
 
 impl Default for ReadAhead {
     fn default() -> Self {
-        ReadAhead { next: 0, window: MIN_WINDOW }
+        ReadAhead { next: 0, window: MIN_WINDOW, requested_end: 0 }
     }
 }
 
 impl ReadAhead {
-    /// Record a read of `offset..end`; returns the read-ahead to schedule past `end`
-    /// (0 when the access looks random).
-    fn observe(&mut self, offset: u64, end: u64) -> u64 {
+    /// Record a read of `offset..end`; returns the range to prefetch beyond what the read
+    /// needs, if any. Prefetch is scheduled in large batches — only when less than half a
+    /// window is already requested ahead of the reader — so a long sequential read costs a
+    /// few large remote streams, not one small fetch per kernel read.
+    fn observe(&mut self, offset: u64, end: u64) -> Option<Range<u64>> {
         // The kernel may reorder or overlap a little; anything starting within one window of
         // where the last read ended counts as sequential.
-        let sequential = offset <= self.next && self.next <= offset.saturating_add(self.window) && offset > 0
+        let sequential = (offset <= self.next && self.next <= offset.saturating_add(self.window) && offset > 0)
             || (offset == 0 && self.next == 0);
-        self.window = if sequential { (self.window * 2).min(MAX_WINDOW) } else { MIN_WINDOW };
         self.next = end;
-        if sequential { self.window } else { 0 }
+        if !sequential {
+            self.window = MIN_WINDOW;
+            self.requested_end = end;
+            return None;
+        }
+        self.window = (self.window * 2).min(MAX_WINDOW);
+        if self.requested_end >= end + self.window / 2 {
+            return None;
+        }
+        let start = self.requested_end.max(end);
+        self.requested_end = end + self.window;
+        Some(start..self.requested_end)
     }
 }
 
@@ -62,16 +77,35 @@ pub(crate) async fn read<R: Remote>(
     }
     let need = blob.blocks_of(offset..end);
     let ahead = ra.lock().unwrap_or_else(|p| p.into_inner()).observe(offset, end);
-    let want = match file.content {
+    if let ContentId::Git(_) = file.content {
         // Small git files come whole: one request, and no doubt about range support.
-        ContentId::Git(_) => blob.blocks_of(0..file.size),
-        ContentId::Xet(_) => blob.blocks_of(offset..end.saturating_add(ahead)),
-    };
-    if !blob.has_all(need.clone()) {
-        blob.refresh(want.clone())?;
-    }
-    if !blob.has_all(want.clone()) {
-        start_fetches(remote, file, blob, want);
+        let all = blob.blocks_of(0..file.size);
+        if !blob.has_all(need.clone()) {
+            blob.refresh(all.clone())?;
+        }
+        if !blob.has_all(all.clone()) {
+            start_fetches(remote, file, blob, all);
+        }
+    } else {
+        // What the read needs, and the prefetch batch (one contiguous run when it continues
+        // straight after the read).
+        let ahead = ahead.map(|r| blob.blocks_of(r)).filter(|r| !r.is_empty());
+        let want = match &ahead {
+            Some(a) if a.start <= need.end => need.start..a.end.max(need.end),
+            _ => need.clone(),
+        };
+        if !blob.has_all(need.clone()) {
+            blob.refresh(want.clone())?;
+        }
+        if !blob.has_all(want.clone()) {
+            start_fetches(remote, file, blob, want.clone());
+        }
+        if let Some(a) = ahead
+            && a.start > want.end
+            && !blob.has_all(a.clone())
+        {
+            start_fetches(remote, file, blob, a);
+        }
     }
     wait_for(remote, file, blob, need).await?;
     Ok(blob.read(offset, (end - offset) as usize)?)
@@ -180,17 +214,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn window_grows_on_sequential_and_resets_on_seek() {
+    fn prefetch_comes_in_large_batches_and_resets_on_seek() {
         let mut ra = ReadAhead::default();
-        assert_eq!(ra.observe(0, 131072), 2 * MIN_WINDOW);
-        assert_eq!(ra.observe(131072, 262144), 4 * MIN_WINDOW);
-        let mut w = 0;
-        let mut off = 262144;
-        for _ in 0..20 {
-            w = ra.observe(off, off + 131072);
-            off += 131072;
+        let k = 128 * 1024;
+        assert_eq!(ra.observe(0, k), Some(k..k + 2 * MIN_WINDOW));
+        // A sequential reader of 1 GiB in 128 KiB reads schedules few, large batches.
+        let mut batches = Vec::new();
+        let mut off = k;
+        while off < (1 << 30) {
+            if let Some(r) = ra.observe(off, off + k) {
+                batches.push(r);
+            }
+            off += k;
         }
-        assert_eq!(w, MAX_WINDOW);
-        assert_eq!(ra.observe(25 << 20, (25 << 20) + 4096), 0, "a seek is random access");
+        assert!(batches.len() < 50, "{} prefetch batches", batches.len());
+        assert!(batches.iter().skip(8).all(|r| r.end - r.start >= MAX_WINDOW / 2), "small batches: {batches:?}");
+        // Batches never overlap and leave no gap.
+        for w in batches.windows(2) {
+            assert_eq!(w[0].end, w[1].start);
+        }
+        assert_eq!(ra.observe(25 << 20, (25 << 20) + 4096), None, "a seek is random access");
     }
 }

@@ -203,6 +203,12 @@ impl<R: Remote> Fs<R> {
                     drop(st);
                     self.mark_dirty(&e);
                     e.persist();
+                } else if truncate {
+                    // O_TRUNC of an empty file changes nothing but its times.
+                    let mut st = e.lock();
+                    let now = std::time::SystemTime::now();
+                    st.mtime = now;
+                    st.ctime = now;
                 }
             }
             None => {

@@ -106,10 +106,29 @@ impl<R: Remote> Fs<R> {
         }
     }
 
+    /// A directory's entries changed: its mtime and ctime become now (kept by the layer for a
+    /// local directory, in memory for a remote one, which has no times of its own).
+    fn touch_dir(&self, ino: Ino) {
+        let now = SystemTime::now();
+        let mut t = self.table();
+        let Some(n) = t.get_mut(ino) else { return };
+        match &n.local {
+            Some(l) => {
+                {
+                    let mut st = l.lock();
+                    st.mtime = now;
+                    st.ctime = now;
+                }
+                l.persist();
+            }
+            None => n.mtime = now,
+        }
+    }
+
     fn entry_for(&self, ino: Ino) -> FsResult<Entry> {
         let t = self.table();
         let n = t.get(ino).ok_or(FsError::NotFound)?;
-        Ok(Entry { attr: self.attr_of(ino, n), ttl: self.ttl() })
+        Ok(Entry { attr: self.attr_of(&t, ino, n), ttl: self.ttl() })
     }
 
     /// Create and open a regular file.
@@ -157,6 +176,7 @@ impl<R: Remote> Fs<R> {
             ino
         };
         drop(guard);
+        self.touch_dir(parent);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let h = Arc::new(FileHandle {
             ino,
@@ -223,7 +243,8 @@ impl<R: Remote> Fs<R> {
             if end > st.size {
                 st.size = end;
             }
-            if end > st.accounted {
+            // An unlinked file still open is no longer part of the layer's total.
+            if end > st.accounted && !st.orphan {
                 layer.add_usage((end - st.accounted) as i64);
                 st.accounted = end;
             }
@@ -440,8 +461,9 @@ impl<R: Remote> Fs<R> {
             d.listed = Some(Instant::now());
         }
         t.add_lookup(ino);
-        let n = t.get(ino).ok_or(FsError::NotFound)?;
-        Ok(Entry { attr: self.attr_of(ino, n), ttl: self.ttl() })
+        drop(t);
+        self.touch_dir(parent);
+        self.entry_for(ino)
     }
 
     /// Make a symbolic link (overlays only: buckets cannot store links).
@@ -473,8 +495,9 @@ impl<R: Remote> Fs<R> {
         let m = local_entry_of(&path, &e).ok_or(FsError::Invalid)?;
         let (ino, _) = t.upsert_merged(parent, &m);
         t.add_lookup(ino);
-        let n = t.get(ino).ok_or(FsError::NotFound)?;
-        Ok(Entry { attr: self.attr_of(ino, n), ttl: self.ttl() })
+        drop(t);
+        self.touch_dir(parent);
+        self.entry_for(ino)
     }
 
     /// Remove a file or symlink.
@@ -493,6 +516,7 @@ impl<R: Remote> Fs<R> {
             self.add_whiteout(&path, false);
         }
         self.table().detach_child(parent, name);
+        self.touch_dir(parent);
         Ok(())
     }
 
@@ -516,6 +540,7 @@ impl<R: Remote> Fs<R> {
             self.add_whiteout(&path, true);
         }
         self.table().detach_child(parent, name);
+        self.touch_dir(parent);
         Ok(())
     }
 
@@ -588,6 +613,10 @@ impl<R: Remote> Fs<R> {
                     }
                 }
             }
+        }
+        self.touch_dir(parent);
+        if new_parent != parent {
+            self.touch_dir(new_parent);
         }
         self.flusher.notify();
         Ok(())
@@ -679,10 +708,9 @@ impl<R: Remote> Fs<R> {
         if src_remote {
             self.add_whiteout(src, true);
         }
-        // The moved directory's listing is rebuilt from the layer on next use.
-        if let Some(d) = self.table().get_mut(ino).and_then(|n| n.dir.as_mut()) {
-            d.listed = None;
-        }
+        // The moved directory's cached children stay valid: each now shows its layer entry
+        // at the new place (re-linked by the caller).
+        let _ = ino;
         Ok(())
     }
 }
