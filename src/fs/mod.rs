@@ -317,7 +317,7 @@ impl<R: Remote> Fs<R> {
                 },
                 mtime: st.mtime,
                 ctime: st.ctime,
-                atime: st.mtime,
+                atime: st.atime,
                 perm: st.mode & 0o7777,
                 nlink: if kind == FileKind::Dir { 2 } else { 1 },
                 uid: st.uid,

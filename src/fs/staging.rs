@@ -159,6 +159,7 @@ impl<R: Remote> Fs<R> {
         let mut st = new_state(path.clone(), LocalKind::File, 0o644, self.cfg.uid, self.cfg.gid);
         st.mtime = mtime;
         st.ctime = mtime;
+        st.atime = mtime;
         st.content = Some(content.clone());
         st.remote_exists = true;
         st.origin = Some(path.clone());

@@ -358,8 +358,13 @@ impl<R: Remote> Fs<R> {
 
     /// Change attributes: size (truncate), mode, owner, times.
     pub async fn setattr(&self, ino: Ino, a: SetAttr) -> FsResult<(Attr, Duration)> {
-        if a.mode.is_none() && a.uid.is_none() && a.gid.is_none() && a.size.is_none() && a.mtime.is_none() {
-            // atime only: not tracked (mounted noatime).
+        if a.mode.is_none()
+            && a.uid.is_none()
+            && a.gid.is_none()
+            && a.size.is_none()
+            && a.mtime.is_none()
+            && a.atime.is_none()
+        {
             return self.getattr(ino);
         }
         let layer = self.writable()?;
@@ -390,7 +395,7 @@ impl<R: Remote> Fs<R> {
                 self.flusher.notify();
             }
         }
-        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.mtime.is_some() {
+        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.mtime.is_some() || a.atime.is_some() {
             let e = self.local_for_attrs(ino)?;
             {
                 let mut st = e.lock();
@@ -405,6 +410,9 @@ impl<R: Remote> Fs<R> {
                 }
                 if let Some(t) = a.mtime {
                     st.mtime = t.resolve();
+                }
+                if let Some(t) = a.atime {
+                    st.atime = t.resolve();
                 }
                 st.ctime = SystemTime::now();
             }
@@ -430,6 +438,7 @@ impl<R: Remote> Fs<R> {
         st.size = n.size;
         st.mtime = n.mtime;
         st.ctime = n.mtime;
+        st.atime = n.mtime;
         st.content = n.content.clone();
         st.remote_exists = true;
         st.origin = Some(path);

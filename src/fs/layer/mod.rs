@@ -42,6 +42,8 @@ pub(crate) struct LocalState {
     pub size: u64,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// Access time, as last set explicitly (`utimensat`); reads do not move it (`noatime`).
+    pub atime: SystemTime,
     /// Permission bits; for a whiteout, the file-type bits of what it hides.
     pub mode: u16,
     pub uid: u32,
@@ -433,6 +435,7 @@ pub(crate) fn new_state(path: String, kind: LocalKind, mode: u16, uid: u32, gid:
         size: 0,
         mtime: now,
         ctime: now,
+        atime: now,
         mode,
         uid,
         gid,

@@ -19,6 +19,10 @@ pub(crate) struct Sidecar {
     pub kind: LocalKind,
     pub size: u64,
     pub mtime_ns: u128,
+    #[serde(default)]
+    pub atime_ns: Option<u128>,
+    #[serde(default)]
+    pub ctime_ns: Option<u128>,
     pub mode: u16,
     pub uid: u32,
     pub gid: u32,
@@ -61,6 +65,8 @@ impl Sidecar {
             kind: st.kind,
             size: st.size,
             mtime_ns: ns(st.mtime),
+            atime_ns: Some(ns(st.atime)),
+            ctime_ns: Some(ns(st.ctime)),
             mode: st.mode,
             uid: st.uid,
             gid: st.gid,
@@ -77,7 +83,10 @@ impl Sidecar {
     }
 
     pub fn into_state(self, data: Option<std::sync::Arc<File>>) -> LocalState {
-        let mtime = UNIX_EPOCH + Duration::from_nanos(self.mtime_ns.min(u64::MAX as u128) as u64);
+        let time = |n: u128| UNIX_EPOCH + Duration::from_nanos(n.min(u64::MAX as u128) as u64);
+        let mtime = time(self.mtime_ns);
+        let atime = self.atime_ns.map(time).unwrap_or(mtime);
+        let ctime = self.ctime_ns.map(time).unwrap_or(mtime);
         let content = match (self.xet, self.git) {
             (Some(h), _) => Some(ContentId::Xet(h)),
             (None, Some(h)) => Some(ContentId::Git(h)),
@@ -88,7 +97,8 @@ impl Sidecar {
             kind: self.kind,
             size: self.size,
             mtime,
-            ctime: mtime,
+            ctime,
+            atime,
             mode: self.mode,
             uid: self.uid,
             gid: self.gid,
