@@ -14,6 +14,24 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
+    /// FIFO, socket and device nodes: stored by overlays only; the kernel does their I/O.
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The kind of a special file from the `S_IFMT` bits of a mode.
+    pub fn special_from_mode(mode: u32) -> Option<FileKind> {
+        match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(FileKind::Fifo),
+            libc::S_IFSOCK => Some(FileKind::Socket),
+            libc::S_IFCHR => Some(FileKind::CharDevice),
+            libc::S_IFBLK => Some(FileKind::BlockDevice),
+            _ => None,
+        }
+    }
 }
 
 /// The attributes of one inode.
@@ -30,6 +48,8 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Device number of a device node.
+    pub rdev: u32,
 }
 
 impl Attr {

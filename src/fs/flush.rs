@@ -150,7 +150,7 @@ impl<R: Remote> Fs<R> {
                     Op::DirWhiteout
                 }
                 LocalKind::Whiteout => Op::Delete,
-                LocalKind::Dir | LocalKind::Symlink => continue,
+                LocalKind::Dir | LocalKind::Symlink | LocalKind::Special => continue,
             };
             drop(st);
             items.push(Item { path, entry: e, op });

@@ -170,6 +170,9 @@ impl InodeTable {
         let name = entry.name();
         let kind = match (&m.local, entry.kind) {
             (Some(l), _) if l.lock().kind == LocalKind::Symlink => FileKind::Symlink,
+            (Some(l), _) if l.lock().kind == LocalKind::Special => {
+                FileKind::special_from_mode(l.lock().mode as u32).unwrap_or(FileKind::File)
+            }
             (_, EntryKind::File) => FileKind::File,
             (_, EntryKind::Dir) => FileKind::Dir,
         };

@@ -305,7 +305,8 @@ impl<R: Remote> Fs<R> {
             let kind = match st.kind {
                 LocalKind::Dir => FileKind::Dir,
                 LocalKind::Symlink => FileKind::Symlink,
-                _ => FileKind::File,
+                LocalKind::Special => FileKind::special_from_mode(st.mode as u32).unwrap_or(FileKind::File),
+                LocalKind::File | LocalKind::Whiteout => FileKind::File,
             };
             return Attr {
                 ino,
@@ -322,6 +323,7 @@ impl<R: Remote> Fs<R> {
                 nlink: if kind == FileKind::Dir { 2 } else { 1 },
                 uid: st.uid,
                 gid: st.gid,
+                rdev: st.rdev,
             };
         }
         let ro = self.cfg.read_only();
@@ -331,6 +333,8 @@ impl<R: Remote> Fs<R> {
             (FileKind::File, false) => (0o644, 1),
             (FileKind::File, true) => (0o444, 1),
             (FileKind::Symlink, _) => (0o777, 1),
+            // Remote sources hold no special files; only the layer does.
+            (FileKind::Fifo | FileKind::Socket | FileKind::CharDevice | FileKind::BlockDevice, _) => (0o644, 1),
         };
         Attr {
             ino,
@@ -343,6 +347,7 @@ impl<R: Remote> Fs<R> {
             nlink,
             uid: self.cfg.uid,
             gid: self.cfg.gid,
+            rdev: 0,
         }
     }
 
@@ -593,8 +598,9 @@ impl<R: Remote> Fs<R> {
         };
         match kind {
             FileKind::Dir => return Err(FsError::IsDir),
-            FileKind::Symlink => return Err(FsError::Unsupported),
             FileKind::File => {}
+            // The kernel opens FIFOs, sockets and devices itself; symlinks are never opened.
+            _ => return Err(FsError::Unsupported),
         }
         let local = match local {
             Some(l) if wants_write => Some(self.make_writable(ino, l, flags.truncate).await?),

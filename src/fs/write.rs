@@ -400,7 +400,9 @@ impl<R: Remote> Fs<R> {
             {
                 let mut st = e.lock();
                 if let Some(m) = a.mode {
-                    st.mode = (m & 0o7777) as u16;
+                    // A special file keeps its type bits; only permissions change.
+                    let keep = if st.kind == LocalKind::Special { st.mode & 0o170000 } else { 0 };
+                    st.mode = keep | (m & 0o7777) as u16;
                 }
                 if let Some(u) = a.uid {
                     st.uid = u;
@@ -505,6 +507,53 @@ impl<R: Remote> Fs<R> {
         let (ino, _) = t.upsert_merged(parent, &m);
         t.add_lookup(ino);
         drop(t);
+        self.touch_dir(parent);
+        self.entry_for(ino)
+    }
+
+    /// Make a FIFO, socket or device node (overlays only: a remote cannot store them), or an
+    /// empty regular file.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Entry> {
+        let layer = self.writable()?;
+        let perm = mode & !umask & 0o7777;
+        if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
+            let (e, o) = self.create(parent, name, perm, 0, OpenFlags::default(), true, uid, gid).await?;
+            self.release(o.fh);
+            return Ok(e);
+        }
+        if FileKind::special_from_mode(mode).is_none() {
+            return Err(FsError::Invalid);
+        }
+        if self.bucket() {
+            return Err(FsError::NotPermitted);
+        }
+        let name = check_name(name)?;
+        let _g = self.ns_lock.lock().await;
+        if self.find(parent, name).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        let path = join(&self.path_of(parent)?, name);
+        let mut st = self.new_entry(path.clone(), LocalKind::Special, ((mode & libc::S_IFMT) | perm) as u16, uid, gid);
+        st.rdev = rdev;
+        st.remote_exists = self.whiteout_at(&path);
+        let e = layer.insert(st);
+        let ino = {
+            let mut t = self.table();
+            let m = local_entry_of(&path, &e).ok_or(FsError::Invalid)?;
+            let (ino, _) = t.upsert_merged(parent, &m);
+            t.add_lookup(ino);
+            ino
+        };
         self.touch_dir(parent);
         self.entry_for(ino)
     }

@@ -48,6 +48,10 @@ fn file_type(k: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -65,7 +69,7 @@ fn fuse_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: BLKSIZE,
         flags: 0,
     }
@@ -290,18 +294,14 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        // Devices, FIFOs and sockets cannot be stored remotely.
-        reply.error(if self.fs.config().read_only() { Errno::EROFS } else { Errno::EPERM });
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let (fs, name, uid, gid) = (self.fs.clone(), name.to_owned(), req.uid(), req.gid());
+        self.rt.spawn(async move {
+            match fs.mknod(parent.0, &name, mode, umask, rdev, uid, gid).await {
+                Ok(e) => reply.entry(&e.ttl, &fuse_attr(&e.attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {

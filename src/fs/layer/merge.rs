@@ -62,7 +62,7 @@ pub(crate) fn local_entry(path: &str, e: &Arc<LocalEntry>) -> Option<MergedEntry
     let kind = match st.kind {
         LocalKind::Whiteout => return None,
         LocalKind::Dir => EntryKind::Dir,
-        LocalKind::File | LocalKind::Symlink => EntryKind::File,
+        LocalKind::File | LocalKind::Symlink | LocalKind::Special => EntryKind::File,
     };
     let remote =
         RemoteEntry { path: path.to_string(), kind, size: st.size, mtime: Some(st.mtime), content: st.content.clone() };

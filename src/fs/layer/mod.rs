@@ -32,6 +32,8 @@ pub(crate) enum LocalKind {
     Dir,
     Symlink,
     Whiteout,
+    /// A FIFO, socket or device node (overlays only); `mode` carries its type bits.
+    Special,
 }
 
 /// The mutable state of one entry.
@@ -44,8 +46,11 @@ pub(crate) struct LocalState {
     pub ctime: SystemTime,
     /// Access time, as last set explicitly (`utimensat`); reads do not move it (`noatime`).
     pub atime: SystemTime,
-    /// Permission bits; for a whiteout, the file-type bits of what it hides.
+    /// Permission bits; for a whiteout, the file-type bits of what it hides; for a special
+    /// file, its type bits and permissions.
     pub mode: u16,
+    /// Device number of a device node.
+    pub rdev: u32,
     pub uid: u32,
     pub gid: u32,
     /// Remote content this entry stands for: a renamed remote file, or the last committed
@@ -437,6 +442,7 @@ pub(crate) fn new_state(path: String, kind: LocalKind, mode: u16, uid: u32, gid:
         ctime: now,
         atime: now,
         mode,
+        rdev: 0,
         uid,
         gid,
         content: None,

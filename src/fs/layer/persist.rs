@@ -24,6 +24,8 @@ pub(crate) struct Sidecar {
     #[serde(default)]
     pub ctime_ns: Option<u128>,
     pub mode: u16,
+    #[serde(default)]
+    pub rdev: u32,
     pub uid: u32,
     pub gid: u32,
     #[serde(default)]
@@ -68,6 +70,7 @@ impl Sidecar {
             atime_ns: Some(ns(st.atime)),
             ctime_ns: Some(ns(st.ctime)),
             mode: st.mode,
+            rdev: st.rdev,
             uid: st.uid,
             gid: st.gid,
             xet,
@@ -100,6 +103,7 @@ impl Sidecar {
             ctime,
             atime,
             mode: self.mode,
+            rdev: self.rdev,
             uid: self.uid,
             gid: self.gid,
             content,
