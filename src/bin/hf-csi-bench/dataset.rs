@@ -11,6 +11,8 @@ use crate::measure::{MIB, write_pattern};
 pub const DATA_BUCKET: &str = "bench/data";
 pub const MANY_BUCKET: &str = "bench/many";
 pub const MILLION_BUCKET: &str = "bench/million";
+/// The bucket the write scenarios write into (every write goes to a new path).
+pub const WRITE_BUCKET: &str = "bench/writes";
 /// The directory of [`MANY_BUCKET`] that holds [`MANY_ENTRIES`] files.
 pub const MANY_DIR: &str = "big";
 pub const MANY_ENTRIES: usize = 10_000;
@@ -72,6 +74,7 @@ impl Dataset {
         cfg.imports = vec![
             Import::Bucket { id: DATA_BUCKET.into(), dir: self.data_dir.clone() },
             Import::Bucket { id: MANY_BUCKET.into(), dir: self.seed_dir.clone() },
+            Import::Bucket { id: WRITE_BUCKET.into(), dir: self.seed_dir.clone() },
         ];
         if let Some(n) = million {
             cfg.synthetic_buckets = vec![(MILLION_BUCKET.into(), n)];

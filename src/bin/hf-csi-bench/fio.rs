@@ -1,6 +1,6 @@
 //! Running `fio` jobs and reading their JSON output: bandwidth, IOPS, mean and p99 latency.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::cleanup;
@@ -30,6 +30,8 @@ pub struct FioResult {
     pub lat_mean_ms: f64,
     pub lat_p99_ms: f64,
     pub io_mib: f64,
+    /// The job's run time in seconds (for writes it includes the final fsync).
+    pub runtime_s: f64,
 }
 
 /// The fio version, or why fio cannot be used.
@@ -72,7 +74,9 @@ fn run_with(job: &Job, engine: &str) -> Result<FioResult, String> {
         cmd.arg("--time_based");
     }
     if job.rw == "write" {
-        cmd.arg("--end_fsync=1");
+        // Fresh random content in every buffer, different in every run: block-level
+        // scrambling (fio's default) would leave most Xet chunks identical.
+        cmd.arg("--end_fsync=1").arg("--refill_buffers=1").arg("--randrepeat=0");
     } else {
         cmd.arg("--readonly");
     }
@@ -111,20 +115,8 @@ fn parse(stdout: &str, engine: &str, dir: &str) -> Result<FioResult, String> {
         lat_mean_ms: num(&d["lat_ns"]["mean"])? / 1e6,
         lat_p99_ms: num(&d["clat_ns"]["percentile"]["99.000000"])? / 1e6,
         io_mib: bytes / 1048576.0,
+        runtime_s: job["job_runtime"].as_f64().unwrap_or(f64::NAN) / 1e3,
     })
-}
-
-/// Whether `dir` accepts a new file (the probe for the write job).
-pub fn probe_write(dir: &Path) -> Result<(), String> {
-    let p = dir.join(".hf-csi-bench-write-probe");
-    match std::fs::File::create(&p) {
-        Ok(f) => {
-            drop(f);
-            let _ = std::fs::remove_file(&p);
-            Ok(())
-        }
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 #[cfg(test)]

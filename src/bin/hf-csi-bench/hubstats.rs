@@ -10,6 +10,8 @@ pub struct HubStats {
     /// Requests per route, all statuses together.
     pub requests: BTreeMap<String, f64>,
     pub cas_bytes: f64,
+    /// Bytes uploaded into the CAS (xorbs and shards).
+    pub cas_bytes_received: f64,
 }
 
 impl HubStats {
@@ -25,7 +27,11 @@ impl HubStats {
             .map(|(k, v)| (k.clone(), v - before.requests.get(k).copied().unwrap_or(0.0)))
             .filter(|(_, v)| *v != 0.0)
             .collect();
-        HubStats { requests, cas_bytes: self.cas_bytes - before.cas_bytes }
+        HubStats {
+            requests,
+            cas_bytes: self.cas_bytes - before.cas_bytes,
+            cas_bytes_received: self.cas_bytes_received - before.cas_bytes_received,
+        }
     }
 
     pub fn total_requests(&self) -> f64 {
@@ -34,7 +40,11 @@ impl HubStats {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "requests": self.requests, "cas_bytes": self.cas_bytes })
+        serde_json::json!({
+            "requests": self.requests,
+            "cas_bytes": self.cas_bytes,
+            "cas_bytes_received": self.cas_bytes_received,
+        })
     }
 }
 
@@ -49,6 +59,8 @@ fn parse(text: &str) -> HubStats {
         };
         if key == "hub_cas_bytes_served_total" {
             s.cas_bytes = value;
+        } else if key == "hub_cas_bytes_received_total" {
+            s.cas_bytes_received = value;
         } else if let Some(labels) = key.strip_prefix("hub_requests_total{") {
             let route = labels
                 .split(',')
@@ -67,10 +79,11 @@ mod tests {
     fn parses_and_diffs() {
         let a = super::parse("hub_requests_total{endpoint=\"tree\",status=\"200\"} 3\nhub_cas_bytes_served_total 10\n");
         let b = super::parse(
-            "# x\nhub_requests_total{endpoint=\"tree\",status=\"200\"} 5\nhub_requests_total{endpoint=\"tree\",status=\"404\"} 1\nhub_cas_bytes_served_total 30\n",
+            "# x\nhub_requests_total{endpoint=\"tree\",status=\"200\"} 5\nhub_requests_total{endpoint=\"tree\",status=\"404\"} 1\nhub_cas_bytes_served_total 30\nhub_cas_bytes_received_total 7\n",
         );
         let d = b.since(&a);
         assert_eq!(d.total_requests(), 3.0);
         assert_eq!(d.cas_bytes, 20.0);
+        assert_eq!(d.cas_bytes_received, 7.0);
     }
 }

@@ -154,11 +154,14 @@ fn run(args: &Args) -> Result<usize, String> {
     rt.block_on(dataset::register_many(&emulator.endpoint()))?;
     let token_file = run_dir.path.join("token");
     std::fs::write(&token_file, dataset::READ_TOKEN).map_err(|e| format!("token file: {e}"))?;
+    let write_token_file = run_dir.path.join("token-write");
+    std::fs::write(&write_token_file, dataset::WRITE_TOKEN).map_err(|e| format!("token file: {e}"))?;
     eprintln!("setup took {:.0} s", t.elapsed().as_secs_f64());
 
     let mut reports = Vec::new();
     for profile in &profiles {
-        let report = run_profile(args, &rt, &emulator, profile, &data, &bin, &token_file, &run_dir, &fio)?;
+        let report =
+            run_profile(args, &rt, &emulator, profile, &data, &bin, (&token_file, &write_token_file), &run_dir, &fio)?;
         println!("{}", report.markdown());
         reports.push(report);
     }
@@ -195,7 +198,7 @@ fn run_profile(
     profile: &Profile,
     data: &Dataset,
     bin: &Path,
-    token_file: &Path,
+    (token_file, write_token_file): (&Path, &Path),
     run_dir: &RunDir,
     fio: &Result<String, String>,
 ) -> Result<ProfileReport, String> {
@@ -216,6 +219,7 @@ fn run_profile(
         endpoint,
         bin,
         token_file,
+        write_token_file,
         run_dir.sub(&profile.name),
         fio.clone(),
         args.fio_runtime,
@@ -228,6 +232,8 @@ fn run_profile(
         let base = scenarios::baseline::measure(&ctx, file, &offsets);
         eprintln!("  {}: mount reads", file.label());
         rows.extend(scenarios::reads::run(&ctx, file, &base, &offsets));
+        eprintln!("  {}: writes", file.label());
+        rows.extend(scenarios::writes::run(&ctx, file));
     }
     if let Some(file) = data.files.last() {
         eprintln!("  fio on the {} file", file.label());

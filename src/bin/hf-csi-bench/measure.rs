@@ -154,6 +154,25 @@ pub fn write_pattern(path: &Path, len: u64, seed: u64) -> Result<(), String> {
     f.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
 }
 
+/// `len` pseudo-random bytes that no earlier call in this process (or earlier run) produced:
+/// content the Xet client cannot deduplicate against anything already uploaded.
+pub fn fresh_bytes(len: u64) -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let seed = (nanos as u64) ^ (CALLS.fetch_add(1, Ordering::Relaxed) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = XorShift(seed | 1);
+    let mut v = vec![0u8; len as usize];
+    let mut words = v.chunks_exact_mut(8);
+    for w in &mut words {
+        w.copy_from_slice(&rng.next().to_le_bytes());
+    }
+    let tail = words.into_remainder();
+    let last = rng.next().to_le_bytes();
+    tail.copy_from_slice(&last[..tail.len()]);
+    v
+}
+
 struct XorShift(u64);
 
 impl XorShift {

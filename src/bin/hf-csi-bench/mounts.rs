@@ -19,6 +19,8 @@ pub struct MountSpec<'a> {
     pub cache_dir: PathBuf,
     pub token_file: &'a Path,
     pub log: PathBuf,
+    /// More `hf-csi mount` flags (e.g. `--flush-debounce-ms 200`).
+    pub extra_args: Vec<String>,
 }
 
 /// A running mount; stopped when dropped.
@@ -50,6 +52,7 @@ impl Mount {
             .arg(&spec.cache_dir)
             .arg("--token-file")
             .arg(spec.token_file)
+            .args(&spec.extra_args)
             .env("HF_CSI_LOG", "warn")
             .env_remove("HF_TOKEN")
             .env_remove("RUST_LOG")

@@ -1,9 +1,9 @@
 //! fio jobs on a mount (each in a fresh mount, cold cache) next to the same job on the local
-//! copy: sequential 128 KiB reads, random 4 KiB reads at queue depth 1 and 16, and the
-//! sequential 1 MiB write hook.
+//! copy: sequential 128 KiB reads, random 4 KiB reads at queue depth 1 and 16, and sequential
+//! 1 MiB writes of a new file through a read-write mount.
 
 use super::Ctx;
-use crate::dataset::{DATA_BUCKET, DataFile};
+use crate::dataset::{DATA_BUCKET, DataFile, WRITE_BUCKET};
 use crate::fio::{self, FioResult, Job};
 use crate::report::{Row, Target};
 
@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx<'_>, file: &DataFile) -> Vec<Row> {
         record(ctx, name, &mounted, &local);
         rows.extend(job_rows(&sec, name, bs > 4096, &mounted, &local, None));
     }
-    rows.extend(write_hook(ctx, &sec, file));
+    rows.extend(write_job(ctx, &sec, file));
     rows.push(
         Row::new(&sec, "peak RSS of the mount, over the fio jobs", "MiB")
             .value(ctx.peak_rss(&READ_JOBS.map(|j| format!("fio {}", j.0)))),
@@ -92,10 +92,14 @@ fn job_rows(
     ]
 }
 
-/// HOOK (sequential write): runs the seq-write 1M job once the mount accepts new files; until
-/// bucket writes land, the probe fails and the row says so.
-fn write_hook(ctx: &Ctx<'_>, sec: &str, file: &DataFile) -> Vec<Row> {
+/// Sequential 1 MiB writes of a new file through a read-write mount (write token,
+/// `--flush-debounce-ms` [`super::writes::DEBOUNCE_MS`]), ending with fio's `fsync`, which on a
+/// bucket file returns once the file is committed: fio's bandwidth includes the upload and
+/// the commit (fio counts `end_fsync` in the job's run time). Fresh random buffers
+/// (`refill_buffers`, `randrepeat=0`), so Xet finds nothing to deduplicate.
+fn write_job(ctx: &Ctx<'_>, sec: &str, file: &DataFile) -> Vec<Row> {
     let name = "seq-write-1M";
+    let scen = format!("fio {name}");
     let job = |filename| Job {
         name,
         rw: "write",
@@ -106,24 +110,35 @@ fn write_hook(ctx: &Ctx<'_>, sec: &str, file: &DataFile) -> Vec<Row> {
         time_based: false,
         filename,
     };
-    let mounted = ctx.in_fresh_mount(DATA_BUCKET, "fio seq-write-1M", |m| {
-        fio::probe_write(&m.mountpoint)
-            .map_err(|e| format!("bucket writes not yet supported: creating a file gives \"{e}\""))?;
-        fio::run(&job(m.path("hf-csi-bench-write.bin")))
-    });
-    let mounted = mounted.map(|(r, _)| r);
-    let local = if mounted.is_ok() {
-        let p = ctx.fresh_dir("write-local").join("write.bin");
-        let r = fio::run(&job(p.clone()));
-        let _ = std::fs::remove_file(p);
-        r
-    } else {
-        Err("skipped: no mount result to compare".into())
-    };
+    let mounted = (|| {
+        let m = ctx.mount_rw(WRITE_BUCKET, &scen)?;
+        let before = ctx.hub();
+        let cpu = ctx.cpu_start(&m);
+        let r = fio::run(&job(m.path(&format!("{}-fio-{name}.bin", ctx.profile.name))));
+        ctx.cpu_end(&m, &scen, cpu);
+        ctx.detail(format!("fio/{name}/hub"), ctx.hub().since(&before).to_json());
+        let finished = ctx.finish(m, &scen);
+        let r = r.map_err(|e| match &finished {
+            Err(f) => format!("{e}; then: {f}"),
+            Ok(_) => e,
+        })?;
+        finished?;
+        Ok::<_, String>(r)
+    })();
+    let p = ctx.fresh_dir("fio-write-local").join("write.bin");
+    let local = fio::run(&job(p.clone()));
+    let _ = std::fs::remove_file(p);
     record(ctx, name, &mounted, &local);
     let mut rows = job_rows(sec, name, true, &mounted, &local, Some(Target::RatioAtLeast(0.7)));
     if mounted.is_err() {
         rows.truncate(1);
     }
+    let runtime = |r: &Result<FioResult, String>| r.as_ref().map(|r| r.runtime_s).map_err(Clone::clone);
+    rows.push(
+        Row::new(sec, format!("{name}: job run time, final fsync (= commit) included"), "s")
+            .value(runtime(&mounted))
+            .baseline(runtime(&local), "local disk, final fsync included"),
+    );
+    rows.push(Row::new(sec, format!("peak RSS of the mount, {name}"), "MiB").value(ctx.peak_rss(&[scen])));
     rows
 }

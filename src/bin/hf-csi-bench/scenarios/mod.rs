@@ -7,6 +7,7 @@ pub mod listing;
 pub mod million;
 pub mod network;
 pub mod reads;
+pub mod writes;
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ pub struct Ctx<'a> {
     pub endpoint: String,
     pub bin: &'a Path,
     pub token_file: &'a Path,
+    /// A token file with write access (for the write scenarios).
+    pub write_token_file: &'a Path,
     /// Scratch directory of this profile.
     pub dir: PathBuf,
     pub fio: Result<String, String>,
@@ -47,6 +50,7 @@ impl<'a> Ctx<'a> {
         endpoint: String,
         bin: &'a Path,
         token_file: &'a Path,
+        write_token_file: &'a Path,
         dir: PathBuf,
         fio: Result<String, String>,
         fio_runtime: u64,
@@ -58,6 +62,7 @@ impl<'a> Ctx<'a> {
             endpoint,
             bin,
             token_file,
+            write_token_file,
             dir,
             fio,
             fio_runtime,
@@ -78,7 +83,8 @@ impl<'a> Ctx<'a> {
         p
     }
 
-    /// Mounts `bucket` with a fresh cache directory, or with `cache` when given.
+    /// Mounts `bucket` with the read token and a fresh cache directory, or with `cache` when
+    /// given.
     pub fn mount(&self, bucket: &str, scenario: &str, cache: Option<&Path>) -> Result<Mount, String> {
         let base = self.fresh_dir(scenario);
         Mount::start(MountSpec {
@@ -89,6 +95,23 @@ impl<'a> Ctx<'a> {
             cache_dir: cache.map_or_else(|| base.join("cache"), Path::to_path_buf),
             token_file: self.token_file,
             log: base.join("mount.log"),
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// Mounts `bucket` read-write: the write token, a fresh cache directory and
+    /// `--flush-debounce-ms` [`writes::DEBOUNCE_MS`].
+    pub fn mount_rw(&self, bucket: &str, scenario: &str) -> Result<Mount, String> {
+        let base = self.fresh_dir(scenario);
+        Mount::start(MountSpec {
+            bin: self.bin,
+            endpoint: &self.endpoint,
+            bucket,
+            mountpoint: base.join("mnt"),
+            cache_dir: base.join("cache"),
+            token_file: self.write_token_file,
+            log: base.join("mount.log"),
+            extra_args: vec!["--flush-debounce-ms".into(), writes::DEBOUNCE_MS.to_string()],
         })
     }
 
