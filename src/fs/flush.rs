@@ -124,7 +124,12 @@ impl<R: Remote> Fs<R> {
             if items.len() >= MAX_OPS {
                 break;
             }
-            let st = e.lock();
+            let mut st = e.lock();
+            if !st.pending && st.kind == LocalKind::File && st.is_dirty() {
+                // Dirty bytes are always on their way to the remote; never leave them behind.
+                tracing::warn!(path, "dirty file was not marked pending; queued for upload");
+                st.pending = true;
+            }
             if !st.pending {
                 continue;
             }
@@ -166,13 +171,23 @@ impl<R: Remote> Fs<R> {
         }
         let Some(layer) = &self.layer else { return Ok(0) };
         let started = Instant::now();
-        let uploads: Vec<&Item> = items.iter().filter(|i| matches!(i.op, Op::Upload { .. })).collect();
-        let files: Vec<std::path::PathBuf> = uploads.iter().map(|i| i.entry.data_path()).collect();
-        let uploaded = match self.remote.upload(&files).await {
-            Ok(u) => u,
-            Err(e) => {
-                self.record_error(&items, &e);
-                return Err(e);
+        let mut uploads: Vec<&Item> = items.iter().filter(|i| matches!(i.op, Op::Upload { .. })).collect();
+        let uploaded = loop {
+            let files: Vec<std::path::PathBuf> = uploads.iter().map(|i| i.entry.data_path()).collect();
+            match self.remote.upload(&files).await {
+                Ok(u) => break u,
+                Err(e) => {
+                    // A file unlinked since it was chosen takes its staged bytes with it; that
+                    // version is stale anyway. Upload the rest rather than fail them all.
+                    let before = uploads.len();
+                    uploads.retain(|i| i.entry.data_path().exists());
+                    if uploads.len() < before {
+                        tracing::debug!(dropped = before - uploads.len(), "files removed during upload; retrying the rest");
+                        continue;
+                    }
+                    self.record_error(&items, &e);
+                    return Err(e);
+                }
             }
         };
         // From here on the namespace stands still: the commit is built from the entries'
@@ -236,6 +251,7 @@ impl<R: Remote> Fs<R> {
             }
             self.counters.commits.fetch_add(1, Ordering::Relaxed);
         }
+        self.commit_epoch.fetch_add(1, Ordering::AcqRel);
         // Settle: what the remote now holds no longer needs the layer.
         for (e, generation, hash, size) in &committed_uploads {
             let mut st = e.lock();
@@ -255,10 +271,12 @@ impl<R: Remote> Fs<R> {
         for e in &refs {
             let (path, hash, size, has_data) = {
                 let mut st = e.lock();
-                st.pending = false;
+                // A write that landed while the commit was in flight keeps the file pending:
+                // its new bytes still have to be uploaded.
+                st.pending = st.is_dirty();
                 st.remote_exists = true;
                 st.error = None;
-                (st.path.clone(), st.content.clone(), st.size, st.data.is_some())
+                (st.path.clone(), st.content.clone(), st.size, st.data.is_some() || st.pending)
             };
             if let Some(ContentId::Xet(h)) = hash {
                 self.point_inode_at(&path, &h, size);

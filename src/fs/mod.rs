@@ -186,6 +186,10 @@ pub struct Fs<R: Remote> {
     flusher: Arc<flush::Flusher>,
     /// Serializes namespace changes (create, rename, unlink...) so layer and table agree.
     ns_lock: tokio::sync::Mutex<()>,
+    /// Bumped after each commit lands, before the layer lets go of what it committed. A remote
+    /// answer fetched across a bump may predate the commit, and is fetched again rather than
+    /// merged with a layer that no longer shadows it.
+    commit_epoch: AtomicU64,
     pub counters: FsCounters,
 }
 
@@ -214,6 +218,7 @@ impl<R: Remote> Fs<R> {
             layer,
             flusher: Arc::default(),
             ns_lock: tokio::sync::Mutex::new(()),
+            commit_epoch: AtomicU64::new(0),
             counters: FsCounters::default(),
         });
         if let Some(l) = &fs.layer {
@@ -382,18 +387,36 @@ impl<R: Remote> Fs<R> {
     }
 
     /// The remote listing of `path` merged with the layer.
-    async fn merged_listing(&self, path: &str) -> FsResult<Vec<MergedEntry>> {
-        let hidden = self.remote_hidden(path);
-        let remote = if hidden {
-            Vec::new()
-        } else {
-            self.counters.remote_listings.fetch_add(1, Ordering::Relaxed);
-            self.remote.list_dir(path).await?
-        };
-        Ok(match &self.layer {
-            Some(l) => merge_listing(l, path, remote, hidden),
-            None => remote.into_iter().map(|r| MergedEntry { remote: r, local: None }).collect(),
-        })
+    /// `path`'s children, remote merged with the layer, and the commit epoch they are valid
+    /// for: apply them only while the epoch is still the same.
+    async fn merged_listing(&self, path: &str) -> FsResult<(Vec<MergedEntry>, u64)> {
+        let mut attempts = 0;
+        loop {
+            let epoch = self.commit_epoch.load(Ordering::Acquire);
+            let hidden = self.remote_hidden(path);
+            let remote = if hidden {
+                Vec::new()
+            } else {
+                self.counters.remote_listings.fetch_add(1, Ordering::Relaxed);
+                self.remote.list_dir(path).await?
+            };
+            let merged = match &self.layer {
+                Some(l) => merge_listing(l, path, remote, hidden),
+                None => {
+                    return Ok((remote.into_iter().map(|r| MergedEntry { remote: r, local: None }).collect(), epoch));
+                }
+            };
+            attempts += 1;
+            let now = self.commit_epoch.load(Ordering::Acquire);
+            if now == epoch || attempts >= 5 {
+                return Ok((merged, now));
+            }
+        }
+    }
+
+    /// The commit epoch (see `commit_epoch`).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.commit_epoch.load(Ordering::Acquire)
     }
 
     /// Make sure `dir`'s children are listed and fresh.
@@ -412,9 +435,12 @@ impl<R: Remote> Fs<R> {
             }
             t.path(dir).ok_or(FsError::NotFound)?
         };
-        let merged = self.merged_listing(&path).await?;
-        let diff = {
+        let diff = loop {
+            let (merged, epoch) = self.merged_listing(&path).await?;
             let mut t = self.table();
+            if self.epoch() != epoch {
+                continue;
+            }
             let diff = t.apply_listing(dir, &merged);
             for ino in &diff.changed {
                 if let Some(n) = t.get_mut(*ino) {
@@ -422,7 +448,7 @@ impl<R: Remote> Fs<R> {
                 }
             }
             t.evict_over_cap();
-            diff
+            break diff;
         };
         self.invalidate(dir, &diff);
         self.listing_locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&dir);
@@ -737,7 +763,7 @@ impl<R: Remote> Fs<R> {
         let dirs = self.table().listed_dirs();
         let mut changes = 0;
         for (ino, path) in dirs.into_iter().take(max_dirs) {
-            let merged = match self.merged_listing(&path).await {
+            let (merged, epoch) = match self.merged_listing(&path).await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(dir = %path, error = %e, "poll: listing failed; will retry next round");
@@ -746,7 +772,8 @@ impl<R: Remote> Fs<R> {
             };
             let diff = {
                 let mut t = self.table();
-                if t.get(ino).is_none_or(|n| n.detached) {
+                if t.get(ino).is_none_or(|n| n.detached) || self.epoch() != epoch {
+                    // Gone, or a commit landed since the listing: next round.
                     continue;
                 }
                 let diff = t.apply_listing(ino, &merged);
@@ -785,6 +812,7 @@ impl<R: Remote> Fs<R> {
         for batch in targets.chunks(500) {
             let paths: Vec<String> = batch.iter().map(|(_, p)| p.clone()).collect();
             self.counters.remote_stats.fetch_add(1, Ordering::Relaxed);
+            let epoch = self.epoch();
             let found = match self.remote.stat_many(&paths).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -796,6 +824,10 @@ impl<R: Remote> Fs<R> {
             let mut inval: Vec<(Ino, ListingDiff)> = Vec::new();
             {
                 let mut t = self.table();
+                if self.epoch() != epoch {
+                    // A commit landed meanwhile: these answers may predate it. Next round.
+                    continue;
+                }
                 for (parent, path) in batch {
                     let name = path.rsplit('/').next().unwrap_or(path);
                     if t.child(*parent, name).and_then(|c| t.get(c)).is_some_and(|n| n.local.is_some()) {

@@ -335,6 +335,7 @@ impl<R: Remote> Fs<R> {
             st.last_close = Some(Instant::now());
             st.generation
         };
+        let mut rounds = 0u32;
         loop {
             let round = self.flusher.wait_round();
             tokio::pin!(round);
@@ -351,6 +352,12 @@ impl<R: Remote> Fs<R> {
                     return Err(FsError::Remote(err));
                 }
             }
+            if rounds >= 3 {
+                // Not committed after a few rounds (a rename or write keeps moving it): let the
+                // flusher breathe rather than spin with it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            rounds += 1;
             self.flusher.urge(e.id);
             let _ = tokio::time::timeout(Duration::from_secs(5), round).await;
         }
@@ -592,7 +599,9 @@ impl<R: Remote> Fs<R> {
             return Err(FsError::NotEmpty);
         }
         let path = join(&self.path_of(parent)?, name);
-        let remote = self.remote_exists(ino);
+        // A directory made here may exist remotely by now (its files were committed), and
+        // whiteouts of those files may still be pending: hide whatever the remote holds.
+        let remote = !layer.hides_remote(&path);
         layer.remove(&path, None);
         if remote {
             self.add_whiteout(&path, true);
@@ -722,7 +731,9 @@ impl<R: Remote> Fs<R> {
     async fn rename_dir(&self, ino: Ino, src: &str, dst: &str, dst_remote: bool) -> FsResult<()> {
         let layer = self.writable()?;
         let bucket = self.bucket();
-        let src_remote = self.remote_exists(ino) && !self.remote_hidden(src);
+        // Ask the remote even for a directory made here: files committed below it since are
+        // remote now. (Below an opaque `src`, the loop skips what the layer hides.)
+        let src_remote = !layer.hides_remote(src);
         let remote_files = if src_remote { self.remote.list_recursive(src).await? } else { Vec::new() };
         let local = layer.subtree(src);
         let shadowed: std::collections::HashSet<String> = local.iter().map(|(p, _)| p.clone()).collect();
@@ -739,11 +750,16 @@ impl<R: Remote> Fs<R> {
             let new = format!("{dst}{}", &p[src.len()..]);
             layer.rekey(p, &new);
             let mut st = e.lock();
+            let was_remote = st.remote_exists;
             st.remote_exists = false;
             st.pending = bucket && kind == LocalKind::File;
             st.last_close = Some(Instant::now());
             drop(st);
             e.persist();
+            if was_remote && kind != LocalKind::Dir {
+                // The remote still has the old name (a committed or overwritten file).
+                self.add_whiteout(p, false);
+            }
         }
         for r in remote_files {
             if shadowed.contains(&r.path) || layer.hides_remote(&r.path) {
