@@ -182,7 +182,10 @@ impl<R: Remote> Fs<R> {
                     let before = uploads.len();
                     uploads.retain(|i| i.entry.data_path().exists());
                     if uploads.len() < before {
-                        tracing::debug!(dropped = before - uploads.len(), "files removed during upload; retrying the rest");
+                        tracing::debug!(
+                            dropped = before - uploads.len(),
+                            "files removed during upload; retrying the rest"
+                        );
                         continue;
                     }
                     self.record_error(&items, &e);

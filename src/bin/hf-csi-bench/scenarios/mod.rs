@@ -86,6 +86,24 @@ impl<'a> Ctx<'a> {
     /// Mounts `bucket` with the read token and a fresh cache directory, or with `cache` when
     /// given.
     pub fn mount(&self, bucket: &str, scenario: &str, cache: Option<&Path>) -> Result<Mount, String> {
+        self.mount_with(bucket, scenario, cache, self.token_file, Vec::new())
+    }
+
+    /// Mounts `bucket` read-write: the write token, a fresh cache directory and
+    /// `--flush-debounce-ms` [`writes::DEBOUNCE_MS`].
+    pub fn mount_rw(&self, bucket: &str, scenario: &str) -> Result<Mount, String> {
+        let debounce = vec!["--flush-debounce-ms".into(), writes::DEBOUNCE_MS.to_string()];
+        self.mount_with(bucket, scenario, None, self.write_token_file, debounce)
+    }
+
+    fn mount_with(
+        &self,
+        bucket: &str,
+        scenario: &str,
+        cache: Option<&Path>,
+        token_file: &Path,
+        extra_args: Vec<String>,
+    ) -> Result<Mount, String> {
         let base = self.fresh_dir(scenario);
         Mount::start(MountSpec {
             bin: self.bin,
@@ -93,25 +111,9 @@ impl<'a> Ctx<'a> {
             bucket,
             mountpoint: base.join("mnt"),
             cache_dir: cache.map_or_else(|| base.join("cache"), Path::to_path_buf),
-            token_file: self.token_file,
+            token_file,
             log: base.join("mount.log"),
-            extra_args: Vec::new(),
-        })
-    }
-
-    /// Mounts `bucket` read-write: the write token, a fresh cache directory and
-    /// `--flush-debounce-ms` [`writes::DEBOUNCE_MS`].
-    pub fn mount_rw(&self, bucket: &str, scenario: &str) -> Result<Mount, String> {
-        let base = self.fresh_dir(scenario);
-        Mount::start(MountSpec {
-            bin: self.bin,
-            endpoint: &self.endpoint,
-            bucket,
-            mountpoint: base.join("mnt"),
-            cache_dir: base.join("cache"),
-            token_file: self.write_token_file,
-            log: base.join("mount.log"),
-            extra_args: vec!["--flush-debounce-ms".into(), writes::DEBOUNCE_MS.to_string()],
+            extra_args,
         })
     }
 
