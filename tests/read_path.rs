@@ -261,6 +261,38 @@ async fn remote_changes_show_up_after_the_poll() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_unmount_ends_the_process_and_spares_a_new_mount_at_the_same_path() {
+    require_fuse();
+    let hub = start_hub(|cfg, dir| {
+        let src = dir.join("src");
+        write_tree(&src, &[("a.txt", b"a".to_vec())]);
+        cfg.imports.push(import_bucket("acme/b", &src));
+    })
+    .await;
+    let mnt = hub.path("mnt");
+    let old = MountCmd::bucket(&hub.endpoint(), "acme/b", &mnt, &hub.path("cache-old")).start();
+    assert_eq!(std::fs::read(old.path("a.txt")).unwrap(), b"a");
+    // kubelet unmounts a volume and publishes it again at the same path before the old
+    // server has noticed: the old one is stopped meanwhile, so the order is certain.
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(old.pid() as i32, libc::SIGSTOP) };
+    // umount(2) itself, not umount(8): that one stats the path first and would wait for the
+    // stopped server.
+    let c = std::ffi::CString::new(mnt.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let st = unsafe { libc::umount2(c.as_ptr(), 0) };
+    let umount_error = std::io::Error::last_os_error();
+    let new = MountCmd::bucket(&hub.endpoint(), "acme/b", &mnt, &hub.path("cache-new")).start();
+    // SAFETY: as above.
+    unsafe { libc::kill(old.pid() as i32, libc::SIGCONT) };
+    assert_eq!(st, 0, "umount: {umount_error}");
+    assert_eq!(old.wait_exit(), 0);
+    assert!(common::mounts::is_mounted(&mnt), "the old server's exit took down the new mount");
+    assert_eq!(std::fs::read(new.path("a.txt")).unwrap(), b"a");
+    assert_eq!(new.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_fails_with_one_clear_line() {
     require_fuse();
     let hub = start_hub(|cfg, dir| {

@@ -14,11 +14,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use xet::xet_session::{Sha256Policy, XetConfig, XetDownloadStreamGroup, XetFileInfo, XetSession, XetSessionBuilder};
 use xet_client::ClientError;
-use xet_client::cas_client::{DirectAccessClient, LocalServer, LocalServerConfig};
+use xet_client::cas_client::{DirectAccessClient, LocalClient, LocalServer};
 use xet_core_structures::merklehash::MerkleHash;
 use xet_runtime::core::XetContext;
 
 use super::error::{EmulatorError, Result};
+use super::xorb_reads::RangedXorbReads;
 
 /// The internal server ignores credentials; this token only satisfies the client API.
 const INTERNAL_TOKEN: &str = "emulator-internal";
@@ -62,17 +63,12 @@ impl Cas {
             .await
             .map_err(|e| EmulatorError::io("binding the internal CAS port", e))?;
         let port = listener.local_addr().map_err(|e| EmulatorError::io("reading the CAS address", e))?.port();
-        let server = LocalServer::new(
-            ctx,
-            LocalServerConfig {
-                data_directory: data_dir.join("cas"),
-                host: "127.0.0.1".to_string(),
-                port,
-                in_memory: false,
-            },
-        )
-        .await
-        .map_err(|e| EmulatorError::Cas(format!("opening {}: {e}", data_dir.join("cas").display())))?;
+        let cas_dir = data_dir.join("cas");
+        let local = LocalClient::new(ctx, &cas_dir)
+            .await
+            .map_err(|e| EmulatorError::Cas(format!("opening {}: {e}", cas_dir.display())))?;
+        let store = Arc::new(RangedXorbReads::new(local.clone(), cas_dir));
+        let server = LocalServer::from_client(store, Some(local), "127.0.0.1".to_string(), port);
         let client = server.client();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {

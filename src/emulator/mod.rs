@@ -47,6 +47,7 @@ mod server;
 mod store;
 mod synthetic;
 mod timefmt;
+mod xorb_reads;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -41,20 +41,28 @@ impl MountHandle {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
+        if session.guard.is_finished() {
+            // Unmounted from outside already. Unmounting the path again could take down a
+            // new mount made there since (kubelet republishing a volume at the same path).
+            return join_without_unmount(session);
+        }
         match unmount_path(&self.mountpoint, 0) {
-            Ok(()) => session.join(),
+            Ok(()) => join_without_unmount(session),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 tracing::warn!(
                     mountpoint = %self.mountpoint.display(),
                     "mountpoint busy; detached lazily (open files fail once this process exits)"
                 );
                 unmount_path(&self.mountpoint, libc::MNT_DETACH)?;
-                // The kernel keeps the connection until the last open file closes; don't wait.
-                drop(session);
+                // The kernel keeps the connection until the last open file closes; don't wait,
+                // and don't let fuser unmount the (now free) path again either.
+                std::mem::forget(session);
                 Ok(())
             }
             // Already unmounted (e.g. by `umount`): the request loop ends by itself.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => session.join(),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
+                join_without_unmount(session)
+            }
             Err(e) => Err(e),
         }
     }
@@ -74,6 +82,17 @@ impl Drop for MountHandle {
             }
         }
     }
+}
+
+/// Wait for the request loop to end, then let go of the session without fuser unmounting the
+/// path once more: fuser 0.18 takes a dead connection (POLLERR on the device) for a live
+/// mount and unmounts by path, which would take down whatever is mounted there now. What is
+/// leaked is the session's handle on the already dead `/dev/fuse` connection.
+fn join_without_unmount(session: BackgroundSession) -> std::io::Result<()> {
+    let session = std::mem::ManuallyDrop::new(session);
+    // SAFETY: the guard is moved out exactly once, and `session` is never used or dropped after.
+    let guard = unsafe { std::ptr::read(&session.guard) };
+    guard.join().map_err(|_| std::io::Error::other("the FUSE request loop panicked"))?
 }
 
 /// `umount2(path, flags)`.

@@ -42,7 +42,7 @@ pub struct HubRemote {
     pub(super) session: XetSession,
     /// The commit a repo mount serves, fixed by [`Remote::open`].
     commit: OnceLock<String>,
-    xet: OnceLock<XetReader>,
+    xet: OnceLock<Arc<XetReader>>,
     pub(super) policy: RetryPolicy,
 }
 
@@ -66,9 +66,17 @@ impl HubRemote {
         };
         if let Source::Bucket { namespace, name, .. } = &remote.source {
             let url = format!("{}/api/buckets/{namespace}/{name}/xet-read-token", remote.endpoint);
-            let _ = remote.xet.set(XetReader::new(remote.session.clone(), url));
+            let _ = remote.xet.set(Arc::new(XetReader::new(remote.session.clone(), url)));
         }
         Ok(remote)
+    }
+
+    /// Start fetching the CAS read token now (see [`XetReader::prewarm`]).
+    fn prewarm_xet(&self) {
+        if let Some(x) = self.xet.get() {
+            let (generation, token) = self.token.current();
+            x.prewarm(generation, token);
+        }
     }
 
     /// The source this remote serves.
@@ -271,6 +279,7 @@ impl Remote for HubRemote {
                 if !self.source.root().is_empty() {
                     tracing::info!(prefix = self.source.root(), "serving a bucket prefix");
                 }
+                self.prewarm_xet();
                 Ok(SourceInfo {
                     description: self.source.to_string(),
                     commit: None,
@@ -307,7 +316,7 @@ impl Remote for HubRemote {
                     kind.plural(),
                     percent_encoding::utf8_percent_encode(&sha, percent_encoding::NON_ALPHANUMERIC)
                 );
-                let _ = self.xet.set(XetReader::new(self.session.clone(), url));
+                let _ = self.xet.set(Arc::new(XetReader::new(self.session.clone(), url)));
                 let root = self.source.root();
                 if !root.is_empty() {
                     match self.stat_full(root).await? {
@@ -315,6 +324,7 @@ impl Remote for HubRemote {
                         _ => return Err(RemoteError::NotFound(format!("folder {root} in {what}"))),
                     }
                 }
+                self.prewarm_xet();
                 Ok(SourceInfo {
                     description: format!("{} {namespace}/{name}@{sha}", kind.singular()),
                     commit: Some(sha),

@@ -5,6 +5,7 @@
 //! itself rotates, the next read builds a new group with the new headers.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use xet::xet_session::{HeaderMap, HeaderValue, XetDownloadStreamGroup, XetFileInfo, XetSession, header};
@@ -47,6 +48,18 @@ impl XetReader {
             .map_err(|e| from_xet(e, "xet read token"))?;
         *slot = Some((generation, group.clone()));
         Ok(group)
+    }
+
+    /// Build the group in the background, so the first read does not wait for the CAS token.
+    /// A failure is only logged: the first read builds the group again and reports its error.
+    pub(crate) fn prewarm(self: &Arc<Self>, generation: u64, token: Option<String>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let reader = self.clone();
+        rt.spawn(async move {
+            if let Err(f) = reader.group(generation, token.as_deref()).await {
+                tracing::debug!(error = %f.error, "fetching the CAS read token ahead of the first read failed");
+            }
+        });
     }
 
     /// Forget the group (after an authentication failure) so the next read builds a new one.

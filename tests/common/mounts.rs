@@ -125,6 +125,27 @@ impl Mount {
         code
     }
 
+    /// Wait (up to 30 s) for the process to exit by itself, for example after an external
+    /// `umount`; returns its exit code. The mountpoint is left alone afterwards: something else
+    /// may be mounted there by then.
+    pub fn wait_exit(mut self) -> i32 {
+        let mut c = self.child.take().expect("a running mount");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                break s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("hf-csi did not exit within 30 s; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.mountpoint = PathBuf::new();
+        code
+    }
+
     /// SIGKILL (no cleanup by the process), then a lazy unmount of the dead mount.
     pub fn kill(mut self) {
         if let Some(mut c) = self.child.take() {
