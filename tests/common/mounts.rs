@@ -130,18 +130,12 @@ impl Mount {
     /// may be mounted there by then.
     pub fn wait_exit(mut self) -> i32 {
         let mut c = self.child.take().expect("a running mount");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let code = loop {
-            if let Ok(Some(s)) = c.try_wait() {
-                break s.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("hf-csi did not exit within 30 s; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(code) = exit_code_within(&mut c, Duration::from_secs(30)) else {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("hf-csi did not exit within 30 s; log:\n{}", self.log());
         };
+        // Drop must not unmount: the mount there now is not this process's.
         self.mountpoint = PathBuf::new();
         code
     }
@@ -161,19 +155,13 @@ impl Mount {
         };
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(s)) = c.try_wait() {
-                return s.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                lazy_unmount(&self.mountpoint);
-                panic!("hf-csi did not exit within 30 s of SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(code) = exit_code_within(&mut c, Duration::from_secs(30)) {
+            return code;
         }
+        let _ = c.kill();
+        let _ = c.wait();
+        lazy_unmount(&self.mountpoint);
+        panic!("hf-csi did not exit within 30 s of SIGTERM; log:\n{}", self.log());
     }
 }
 
@@ -182,17 +170,26 @@ impl Drop for Mount {
         if let Some(mut c) = self.child.take() {
             // SAFETY: plain kill(2) on our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let _ = exit_code_within(&mut c, Duration::from_secs(10));
             let _ = c.kill();
             let _ = c.wait();
         }
         lazy_unmount(&self.mountpoint);
+    }
+}
+
+/// The exit code of `c` once it exits (-1 for a signal), or `None` if it is still running
+/// after `within`.
+fn exit_code_within(c: &mut Child, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(s)) = c.try_wait() {
+            return Some(s.code().unwrap_or(-1));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -144,9 +144,7 @@ pub fn write_pattern(path: &Path, len: u64, seed: u64) -> Result<(), String> {
     let mut buf = vec![0u8; SEQ_BUF];
     let mut left = len;
     while left > 0 {
-        for word in buf.chunks_exact_mut(8) {
-            word.copy_from_slice(&rng.next().to_le_bytes());
-        }
+        rng.fill(&mut buf);
         let n = left.min(SEQ_BUF as u64) as usize;
         f.write_all(&buf[..n]).map_err(|e| format!("write {}: {e}", path.display()))?;
         left -= n as u64;
@@ -163,13 +161,7 @@ pub fn fresh_bytes(len: u64) -> Vec<u8> {
     let seed = (nanos as u64) ^ (CALLS.fetch_add(1, Ordering::Relaxed) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut rng = XorShift(seed | 1);
     let mut v = vec![0u8; len as usize];
-    let mut words = v.chunks_exact_mut(8);
-    for w in &mut words {
-        w.copy_from_slice(&rng.next().to_le_bytes());
-    }
-    let tail = words.into_remainder();
-    let last = rng.next().to_le_bytes();
-    tail.copy_from_slice(&last[..tail.len()]);
+    rng.fill(&mut v);
     v
 }
 
@@ -181,6 +173,20 @@ impl XorShift {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+
+    /// Fill `buf` with the next words, little-endian; a tail shorter than a word takes the
+    /// first bytes of one more.
+    fn fill(&mut self, buf: &mut [u8]) {
+        let mut words = buf.chunks_exact_mut(8);
+        for w in &mut words {
+            w.copy_from_slice(&self.next().to_le_bytes());
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            let last = self.next().to_le_bytes();
+            tail.copy_from_slice(&last[..tail.len()]);
+        }
     }
 }
 
